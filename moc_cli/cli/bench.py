@@ -1,0 +1,127 @@
+"""`moc bench`: the efficiency and accuracy benchmarks (MoC against Control, LoRA, DoRA, IA3, full, MoLEx)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Suite(str, Enum):
+    efficiency = "efficiency"
+    accuracy = "accuracy"
+
+
+def bench(
+    suite: Annotated[
+        Suite,
+        typer.Argument(help="Which benchmark: `efficiency` (memory, time, parameters) or `accuracy`."),
+    ],
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            help="Efficiency: model alias (minilm, smollm2) or a local model directory; repeatable.",
+            show_default="minilm",
+        ),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method", help="Restrict to these methods (repeatable); default: all.", show_default=False
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Efficiency: batch size.")] = 16,
+    seq_len: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--seq-len", min=1, help="Efficiency: sequence length(s); repeatable.", show_default="128"
+        ),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Efficiency: timed steps per method and round.")
+    ] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Efficiency: untimed warm-up steps.")] = 2,
+    rounds: Annotated[
+        int, typer.Option("--rounds", min=1, help="Efficiency: interleaved rounds over all methods.")
+    ] = 2,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch intra-op threads.")] = 2,
+    no_rss: Annotated[
+        bool, typer.Option("--no-rss", help="Efficiency: skip the per-method subprocess RSS measurement.")
+    ] = False,
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="Accuracy: task names (repeatable), e.g. glue/rte.", show_default=False),
+    ] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option("--seed", help="Accuracy: seeds (repeatable).", show_default="0 1 2"),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid", help="Accuracy: grids to run: main, ablations (repeatable).", show_default="main"
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=1, help="Accuracy: training steps per cell.")
+    ] = 300,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", help="Where results (md, csv, png, jsonl) are written.")
+    ] = Path("benchmarks/results"),
+) -> None:
+    """Run a benchmark and write its tables (Markdown, CSV/JSON) and chart into --output-dir.
+
+    Examples:
+
+      moc bench efficiency --model minilm --seq-len 128 --seq-len 512
+
+      moc bench efficiency --method moc-both-shared --method control --method lora-all --no-rss
+
+      moc bench accuracy --task glue/rte --seed 0 --seed 1 --seed 2 --max-steps 300
+    """
+    import sys
+
+    argv = [f"moc bench {suite.value}", *sys.argv[3:]] if len(sys.argv) > 2 else [f"moc bench {suite.value}"]
+    command = " ".join(argv)
+    if suite is Suite.efficiency:
+        from moc_cli.bench.efficiency import EfficiencyError, run_efficiency_benchmark
+
+        try:
+            report = run_efficiency_benchmark(
+                models=model or ["minilm"],
+                methods=method,
+                batch_size=batch_size,
+                seq_lens=seq_len or [128],
+                steps=steps,
+                warmup=warmup,
+                rounds=rounds,
+                threads=threads,
+                measure_rss=not no_rss,
+                output_dir=output_dir,
+                command=command,
+            )
+        except EfficiencyError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from err
+        typer.echo(f"wrote {report}")
+    else:
+        from moc_cli.bench.accuracy import AccuracyError, run_accuracy_benchmark
+
+        try:
+            report = run_accuracy_benchmark(
+                tasks=task or ["glue/rte"],
+                seeds=seed or [0, 1, 2],
+                grids=grid or ["main"],
+                methods=method,
+                max_steps=max_steps,
+                threads=threads,
+                output_dir=output_dir,
+                command=command,
+            )
+        except AccuracyError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from err
+        typer.echo(f"wrote {report}")
