@@ -1,0 +1,68 @@
+"""`moc merge-export`: turn a run (or a bare adapter folder) into a self-contained artefact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def merge_export(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Run directory (with config.yaml and adapter/) or a bare peft adapter directory.",
+            show_default=False,
+        ),
+    ],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="bundle | merged | onnx. Default: merged for LoRA/DoRA/IA3, bundle otherwise "
+            "(MoC, Control and MoLEx cannot be folded into the base weights).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Target directory. Default: <run_dir>/export/<format>."),
+    ] = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="Accept pickle weight files (*.bin, *.pt); unsafe."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild an existing export.")] = False,
+) -> None:
+    """Export a fine-tuned model: a bundle (base + controls), a merged checkpoint or an ONNX graph.
+
+    Base model, dtype, task and method are read from the run's config.yaml (or, for a bare adapter
+    directory, from adapter_config.json). Re-running is a no-op unless --force is given.
+
+    Examples:
+
+      moc merge-export runs/glue/sst2/2026-01-01 --format bundle
+
+      moc merge-export runs/lora-run --format merged --output exported/
+
+      moc merge-export runs/glue/sst2/2026-01-01 --format onnx
+    """
+    from moc_cli.export.errors import ExportError
+    from moc_cli.export.exporter import export
+
+    try:
+        result = export(run_dir, fmt=format, output=output, allow_pickle=allow_pickle, force=force)
+    except ExportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=err.exit_code) from None
+    if result.existed:
+        typer.echo(
+            f"export already exists at {result.path} ({result.format}); nothing to do "
+            "(pass --force to rebuild)",
+            err=True,
+        )
+    else:
+        typer.echo(f"exported {result.format} to {result.path}", err=True)
+    typer.echo(str(result.path))

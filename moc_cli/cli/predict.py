@@ -1,0 +1,65 @@
+"""`moc predict`: labels with probabilities, or generations, from an export or a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def predict(
+    model_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="An export (bundle or merged) or a run directory (its adapter is loaded).",
+            show_default=False,
+        ),
+    ],
+    texts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Input texts; or use --file.", show_default=False),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            help="JSONL inputs: field `text`, or `sentence1`/`sentence2` pairs.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass.")] = 32,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", min=1, help="Generation length for causal LMs.")
+    ] = 64,
+) -> None:
+    """Predict labels (classification) or continuations (causal LM); one JSON line per input on stdout.
+
+    Examples:
+
+      moc predict runs/glue/sst2/2026-01-01/export/bundle "a gripping film" "dull and slow"
+
+      moc predict exported/ --file inputs.jsonl --batch-size 64
+    """
+    import json
+    import sys
+
+    from moc_cli.export.errors import ExportError
+    from moc_cli.export.predict import predict as run_predict
+    from moc_cli.export.predict import read_inputs
+
+    try:
+        inputs = read_inputs(texts or [], file)
+        progress = file is not None and sys.stderr.isatty()
+        results = run_predict(
+            model_dir,
+            inputs,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
+    except ExportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=err.exit_code) from None
+    for row in results:
+        typer.echo(json.dumps(row, ensure_ascii=False))

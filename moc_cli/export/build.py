@@ -1,0 +1,172 @@
+"""Rebuild the fine-tuned PEFT model of a run, and unwrap it into a plain module for export."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.export.errors import ExportError
+from moc_cli.export.source import PEFT_TASK_TYPE_TO_KIND, ExportSource
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+AUTO_CLASS_BY_KIND = {
+    "seq_cls": "AutoModelForSequenceClassification",
+    "regression": "AutoModelForSequenceClassification",
+    "multiple_choice": "AutoModelForMultipleChoice",
+    "causal_lm": "AutoModelForCausalLM",
+}
+
+
+@dataclass
+class TaskInfo:
+    """The part of a `Task` that model construction needs (stands in when no task is registered)."""
+
+    name: str
+    kind: str
+    label_names: list[str] | None = None
+    num_labels: int = 0
+
+
+def register_methods() -> None:
+    """Make peft know MoC and MoLEx (their registration runs on import)."""
+    import moc_cli  # noqa: F401
+
+    for module in ("moc_cli.tuner", "moc_cli.baselines"):
+        # Not every checkout ships every tuner; peft's own methods need neither.
+        with contextlib.suppress(ImportError):
+            __import__(module)
+
+
+def _head_rows(source: ExportSource) -> int | None:
+    """Number of outputs of the trained classification head saved with the adapter, if any."""
+    from safetensors import safe_open
+
+    weights = source.adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return None
+    heads = source.adapter_config.get("modules_to_save") or ["classifier", "score"]
+    rows: list[int] = []
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+            parts = key.split(".")
+            if key.endswith(".weight") and any(h in parts for h in heads):
+                shape = handle.get_slice(key).get_shape()
+                if len(shape) == 2:
+                    rows.append(int(shape[0]))
+    return min(rows) if rows else None
+
+
+def task_info(source: ExportSource) -> TaskInfo:
+    """Task kind and labels: from the task registry when the run names a task, else from the adapter."""
+    name = source.task_name
+    if name:
+        try:
+            from moc_cli.tasks.registry import get_task
+        except ImportError:
+            get_task = None
+        if get_task is not None:
+            try:
+                task = get_task(name)
+            except (KeyError, ValueError):
+                task = None
+            if task is not None:
+                return TaskInfo(task.name, task.kind, list(task.label_names or []) or None, task.num_labels)
+    task_type = str(source.adapter_config.get("task_type") or "").upper()
+    kind = PEFT_TASK_TYPE_TO_KIND.get(task_type)
+    if kind is None:
+        raise ExportError(
+            f"cannot tell the task kind: {source.adapter_dir / 'adapter_config.json'} has task_type="
+            f"{task_type or None!r} and no run config.yaml names a registered task; "
+            "export from the run directory, or set task_type to SEQ_CLS or CAUSAL_LM"
+        )
+    rows = _head_rows(source) if kind == "seq_cls" else None
+    if kind == "seq_cls" and rows is None:
+        raise ExportError(
+            f"{source.adapter_dir} holds no trained classification head (modules_to_save), so the number "
+            "of labels is unknown; export from the run directory that produced it"
+        )
+    return TaskInfo(name or f"adapter/{kind}", kind, None, rows or 0)
+
+
+def build_tokenizer_and_base(
+    source: ExportSource, allow_pickle: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TaskInfo]:
+    """The base model with its task head, built the way the training runner built it."""
+    from moc_cli.training.model_factory import build_model, build_tokenizer, resolve_source
+
+    info = task_info(source)
+    model_cfg = dict(source.model_section)
+    model_cfg["allow_pickle"] = allow_pickle
+    try:
+        base = resolve_source(source.base_model)
+    except ImportError as err:  # AssetNotInstalledError carries the pip command
+        raise ExportError(str(err)) from None
+    tokenizer = build_tokenizer(base, model_cfg)
+    model = build_model(base, info, model_cfg, tokenizer)  # type: ignore[arg-type]
+    return model, tokenizer, info
+
+
+def load_peft_model(
+    source: ExportSource, allow_pickle: bool = False
+) -> tuple[Any, PreTrainedTokenizerBase, TaskInfo]:
+    """(PeftModel in eval mode, tokenizer, task info) exactly as training left it."""
+    from peft import PeftModel
+
+    register_methods()
+    model, tokenizer, info = build_tokenizer_and_base(source, allow_pickle)
+    peft_model = PeftModel.from_pretrained(model, str(source.adapter_dir), is_trainable=False)
+    peft_model.eval()
+    return peft_model, tokenizer, info
+
+
+def unwrap(peft_model: Any) -> nn.Module:
+    """The model with the adapter modules in place and no peft wrapper around it.
+
+    Trained heads (`modules_to_save`) are swapped in for their wrappers so the state-dict keys are the
+    plain transformers ones. If the tuner owns parameters outside the wrapped model (shared state),
+    the tuner module itself is returned; it forwards straight to the model.
+    """
+    from peft.utils.other import ModulesToSaveWrapper
+
+    tuner = peft_model.base_model
+    adapter = peft_model.active_adapter
+    inner = tuner.model
+    for name, module in list(inner.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = inner.get_submodule(parent_name) if parent_name else inner
+            setattr(parent, child, module.modules_to_save[adapter])
+    inner_params = {id(p) for p in inner.parameters()}
+    if all(id(p) in inner_params for p in tuner.parameters()):
+        return inner
+    return tuner
+
+
+def stripped_peft_config(adapter_config: dict[str, Any]) -> Any:
+    """The adapter's peft config for re-injection into a bare model (heads are plain weights there)."""
+    from peft.config import PeftConfigMixin
+
+    register_methods()
+    fields = dict(adapter_config)
+    fields["modules_to_save"] = None
+    fields["task_type"] = None
+    fields["inference_mode"] = True
+    try:
+        return PeftConfigMixin.from_peft_type(**fields)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ExportError(
+            f"cannot rebuild the {fields.get('peft_type')} adapter config ({err}); "
+            "is the moc_cli version that trained it installed?"
+        ) from None
+
+
+def rebuild_unwrapped(model: nn.Module, adapter_config: dict[str, Any]) -> nn.Module:
+    """Inject freshly initialised adapter modules into `model` and unwrap (weights are loaded after)."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, stripped_peft_config(adapter_config))
+    return unwrap(peft_model)

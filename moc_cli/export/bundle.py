@@ -1,0 +1,112 @@
+"""The `bundle` format: base + control weights in safetensors, one config.json, tokenizer, model card.
+
+`config.json` is the base model's config plus a `moc_export` entry holding the adapter's peft config,
+the task head class, the dtype and the tied-weight aliases: everything `load_exported` needs to
+rebuild the module tree before loading the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.export.errors import ExportError
+from moc_cli.export.weights import DEFAULT_MAX_SHARD_BYTES, load_state, save_state
+
+if TYPE_CHECKING:
+    from torch import nn
+
+EXPORT_KEY = "moc_export"
+MANIFEST = "moc_export.json"
+
+
+def write_bundle(
+    model: nn.Module,
+    config: Any,
+    tokenizer: Any,
+    folder: Path,
+    meta: dict[str, Any],
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> None:
+    """Write the unwrapped model (controls in place) to `folder`."""
+    aliases = save_state(model, folder, max_shard_bytes)
+    config_dict = config.to_dict()
+    config_dict[EXPORT_KEY] = {**meta, "format": "bundle", "tied_weights": aliases}
+    (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(str(folder))
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The export's manifest (written last, so its presence marks a complete export)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise ExportError(
+            f"{path} has no {MANIFEST}, so it is not a moc_cli export; create one with `moc merge-export RUN_DIR`"
+        )
+    return json.loads(manifest.read_text())
+
+
+def _bundle_meta(path: Path) -> dict[str, Any]:
+    meta = json.loads((path / "config.json").read_text()).get(EXPORT_KEY)
+    if not isinstance(meta, dict):
+        raise ExportError(f"{path / 'config.json'} lacks its {EXPORT_KEY!r} entry; re-export with --force")
+    return meta
+
+
+def _torch_dtype(name: str | None) -> Any:
+    import torch
+
+    if not name:
+        return None
+    value = getattr(torch, str(name).replace("torch.", ""), None)
+    return value if isinstance(value, torch.dtype) else None
+
+
+def load_bundle(path: Path) -> nn.Module:
+    """Rebuild the module tree from config.json, inject the controls, load the weights."""
+    import transformers
+    from transformers import AutoConfig
+
+    from moc_cli.export.build import rebuild_unwrapped
+
+    meta = _bundle_meta(path)
+    config = AutoConfig.from_pretrained(str(path))
+    if hasattr(config, EXPORT_KEY):
+        delattr(config, EXPORT_KEY)
+    auto = getattr(transformers, meta["auto_class"])
+    kwargs: dict[str, Any] = {}
+    dtype = _torch_dtype(meta.get("dtype"))
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if meta.get("attn_implementation"):
+        kwargs["attn_implementation"] = meta["attn_implementation"]
+    model = auto.from_config(config, **kwargs)
+    module = rebuild_unwrapped(model, meta["peft_config"])
+    try:
+        load_state(module, path, meta.get("tied_weights") or {})
+    except ValueError as err:
+        raise ExportError(f"{path}: {err}; re-create the export with `moc merge-export --force`") from None
+    module.eval()
+    return module
+
+
+def load_exported(path: str | Path) -> nn.Module:
+    """Load a `bundle` (controls in place, no peft wrapper) or `merged` export as an eval-mode module."""
+    path = Path(path).expanduser()
+    meta = read_manifest(path)
+    fmt = meta.get("format")
+    if fmt == "bundle":
+        return load_bundle(path)
+    if fmt == "merged":
+        import transformers
+
+        model = getattr(transformers, meta["auto_class"]).from_pretrained(str(path))
+        model.eval()
+        return model
+    if fmt == "onnx":
+        raise ExportError(
+            f"{path} is an ONNX export; run it with onnxruntime.InferenceSession('{path / 'model.onnx'}'), "
+            "or export --format bundle for a PyTorch module"
+        )
+    raise ExportError(f"{path / MANIFEST} names unknown export format {fmt!r}")

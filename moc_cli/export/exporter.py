@@ -1,0 +1,158 @@
+"""`export()`: one entry point for the three formats, idempotent and atomic."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moc_cli.export.atomic import atomic_directory, remove_stale_partials
+from moc_cli.export.bundle import MANIFEST
+from moc_cli.export.errors import ExportError
+from moc_cli.export.source import FOLDABLE_METHODS, UNFOLDABLE_METHODS, ExportSource, resolve_source
+
+FORMATS = ("bundle", "merged", "onnx")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    existed: bool
+    manifest: dict[str, Any]
+
+
+def default_format(source: ExportSource) -> str:
+    """`merged` where the update folds into the weights, `bundle` otherwise."""
+    return "merged" if source.method in FOLDABLE_METHODS else "bundle"
+
+
+def merge_refusal(method: str) -> str:
+    return (
+        f"--format merged is not possible for method {method!r}: "
+        + (
+            "MoC routing is input-dependent and its controls sit parallel to non-linear sub-blocks "
+            "(attention, FFN), so there is no static weight delta to fold into the base weights"
+            if method in ("moc", "control")
+            else "MoLEx mixes whole pretrained layers per input, so there is no static weight delta to fold"
+        )
+        + ". Use --format bundle (loads with moc_cli.load_exported) or --format onnx."
+    )
+
+
+def _check_existing(target: Path, fmt: str, force: bool) -> dict[str, Any] | None:
+    """The existing manifest when an identical-format export is already there and --force is off."""
+    if not target.exists():
+        return None
+    manifest_file = target / MANIFEST
+    if not manifest_file.is_file():
+        if target.is_dir() and not any(target.iterdir()):
+            return None
+        # Never delete a folder we did not write, even with --force.
+        raise ExportError(f"{target} exists and is not a moc_cli export; choose another --output")
+    manifest = json.loads(manifest_file.read_text())
+    if force:
+        return None
+    if manifest.get("format") != fmt:
+        raise ExportError(
+            f"{target} holds a {manifest.get('format')!r} export, not {fmt!r}; pass --force to replace it "
+            "or choose another --output"
+        )
+    return manifest
+
+
+def export(
+    run_or_adapter_dir: str | Path,
+    fmt: str | None = None,
+    output: str | Path | None = None,
+    allow_pickle: bool = False,
+    force: bool = False,
+    max_shard_bytes: int | None = None,
+) -> ExportResult:
+    """Export a run (or adapter dir) as `bundle`, `merged` or `onnx`; see `moc merge-export --help`."""
+    source = resolve_source(run_or_adapter_dir)
+    fmt = (fmt or default_format(source)).lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "merged" and (source.method in UNFOLDABLE_METHODS or source.peft_type in ("MOC", "MOLEX")):
+        raise ExportError(merge_refusal(source.method if source.method in UNFOLDABLE_METHODS else "moc"))
+    if fmt == "onnx":
+        from moc_cli.export.onnx_export import require_onnx
+
+        require_onnx()
+    pickles = source.pickle_files()
+    if pickles and not allow_pickle:
+        raise ExportError(
+            "refusing to read pickle weight files (they can run arbitrary code when loaded): "
+            + ", ".join(str(p) for p in pickles)
+            + "; convert them to safetensors, or pass --allow-pickle if you trust them"
+        )
+    target = Path(output).expanduser().resolve() if output else source.root / "export" / fmt
+    existing = _check_existing(target, fmt, force)
+    if existing is not None:
+        return ExportResult(target, fmt, True, existing)
+    remove_stale_partials(target)
+    with atomic_directory(target) as work:
+        manifest = _build(source, fmt, work, target, allow_pickle, max_shard_bytes)
+        # Written last: its presence marks a complete export.
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ExportResult(target, fmt, False, manifest)
+
+
+def _build(
+    source: ExportSource, fmt: str, work: Path, target: Path, allow_pickle: bool, max_shard_bytes: int | None
+) -> dict[str, Any]:
+    from moc_cli.export.build import AUTO_CLASS_BY_KIND, load_peft_model, unwrap
+    from moc_cli.export.card import render_card
+    from moc_cli.export.weights import DEFAULT_MAX_SHARD_BYTES
+
+    peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle)
+    base = peft_model.get_base_model()
+    auto_class = AUTO_CLASS_BY_KIND[info.kind]
+    meta: dict[str, Any] = {
+        "auto_class": auto_class,
+        "task": {"name": info.name, "kind": info.kind},
+        "method": source.method,
+        "base_model": source.base_model,
+        "dtype": str(base.dtype).replace("torch.", ""),
+        "attn_implementation": source.model_section.get("attn_implementation"),
+        "max_length": (source.run_config.get("task") or {}).get("max_length"),
+    }
+    manifest: dict[str, Any] = {
+        "format": fmt,
+        **meta,
+        "source": str(source.root),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if fmt == "merged":
+        try:
+            merged = peft_model.merge_and_unload()
+        except (NotImplementedError, ValueError, TypeError) as err:
+            raise ExportError(
+                f"{source.peft_type} adapter cannot be merged ({err}); use --format bundle"
+            ) from None
+        merged.save_pretrained(str(work))
+        tokenizer.save_pretrained(str(work))
+    else:
+        module = unwrap(peft_model)
+        if fmt == "bundle":
+            from moc_cli.export.bundle import write_bundle
+
+            write_bundle(
+                module,
+                base.config,
+                tokenizer,
+                work,
+                {**meta, "peft_config": source.adapter_config},
+                max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
+            )
+        else:
+            from moc_cli.export.onnx_export import export_onnx
+
+            manifest["onnx"] = export_onnx(module, tokenizer, info.kind == "causal_lm", work)
+            base.config.save_pretrained(str(work))
+            tokenizer.save_pretrained(str(work))
+    (work / "README.md").write_text(render_card(source, fmt, auto_class, target, info.name))
+    return manifest
