@@ -1,0 +1,10 @@
+"""Reliability pieces the training runner and the loaders call (issue 8).
+
+- `checkpoints`: checkpoint validation, atomic-completion markers, resume selection.
+- `nan_guard`: stop a run at the first non-finite loss, grad norm or trainable weight.
+- `compat`: refuse an adapter whose saved tensors do not fit the base model, before any weight changes.
+- `safety`: safetensors-only weight loading, explicit `trust_remote_code`, a scanner for unsafe loads.
+
+Submodules are imported explicitly (`from moc_cli.reliability.checkpoints import ...`) so that
+importing this package stays cheap for the CLI.
+"""

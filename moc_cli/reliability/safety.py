@@ -1,0 +1,142 @@
+"""Loading policy: safetensors only, no remote code, safe YAML, unless the user opts in.
+
+Pickle files (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`) execute code when unpickled, and
+`trust_remote_code=True` imports Python from a model folder; both need an explicit flag.
+`find_unsafe_calls` is the static check the test suite runs over the package: no `yaml.load`
+without a safe loader, no `yaml.unsafe_load`/`full_load`, no `pickle.load(s)`, and no
+`torch.load` without `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+# Trainer bookkeeping inside checkpoint-N: read by Trainer itself on resume, not model weights.
+TRAINER_STATE_FILES = frozenset(
+    {"training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth"}
+)
+ALLOW_PICKLE_FLAG = "--allow-pickle"
+
+
+class UnsafeWeightsError(ValueError):
+    """A model or adapter folder holds pickle weights and pickle loading was not allowed."""
+
+
+def pickle_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """Pickle-format weight files in `model_dir` (not recursive; Trainer state files excluded)."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file()
+        and p.suffix in PICKLE_SUFFIXES
+        and p.name not in TRAINER_STATE_FILES
+        and not p.name.startswith("rng_state")
+    )
+
+
+def check_weights_safe(model_dir: str | os.PathLike[str], allow_pickle: bool = False) -> None:
+    """Raise `UnsafeWeightsError` naming the file and `--allow-pickle` if `model_dir` has pickle weights.
+
+    With `allow_pickle=True` this only logs a warning. Hub ids (not local folders) are not checked
+    here; pass `use_safetensors=True` to `from_pretrained` for them (see `from_pretrained_kwargs`).
+    """
+    pickled = pickle_weight_files(model_dir)
+    if not pickled:
+        return
+    names = ", ".join(str(p) for p in pickled)
+    if allow_pickle:
+        logger.warning("Loading pickle weight files because pickle loading was allowed: %s", names)
+        return
+    raise UnsafeWeightsError(
+        f"{names}: pickle weight files can run arbitrary code when loaded and are refused by default. "
+        f"Convert them to safetensors (model.save_pretrained(dir) writes model.safetensors), or pass "
+        f"{ALLOW_PICKLE_FLAG} if you trust the file."
+    )
+
+
+def resolve_trust_remote_code(value: bool | None) -> bool:
+    """True only for an explicit `True`; warns when remote code is enabled."""
+    if value is True:
+        logger.warning("trust_remote_code is on: Python code shipped with the model will be executed.")
+        return True
+    return False
+
+
+def from_pretrained_kwargs(
+    trust_remote_code: bool | None = None, allow_pickle: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments enforcing the loading policy in `AutoModel*.from_pretrained` calls."""
+    kwargs: dict[str, Any] = {"trust_remote_code": resolve_trust_remote_code(trust_remote_code)}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    return kwargs
+
+
+def safe_load_yaml(source: str | os.PathLike[str]) -> Any:
+    """`yaml.safe_load` of a file path (a `Path`, or a string naming an existing file) or of YAML text."""
+    if isinstance(source, os.PathLike) or (
+        isinstance(source, str) and "\n" not in source and Path(source).is_file()
+    ):
+        with open(source, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    return yaml.safe_load(source)
+
+
+# ---------------------------------------------------------------- static scan
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _keyword(call: ast.Call, name: str) -> ast.AST | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _call_problem(call: ast.Call) -> str | None:
+    func = _dotted(call.func)
+    if func in ("yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all", "yaml.full_load_all"):
+        return f"{func}(): use yaml.safe_load"
+    if func in ("yaml.load", "yaml.load_all"):
+        loader = _keyword(call, "Loader") or (call.args[1] if len(call.args) > 1 else None)
+        if _dotted(loader) not in ("yaml.SafeLoader", "yaml.CSafeLoader", "SafeLoader", "CSafeLoader"):
+            return f"{func}() without a safe Loader: use yaml.safe_load"
+    if func in ("pickle.load", "pickle.loads", "cPickle.load", "dill.load"):
+        return f"{func}(): pickle runs arbitrary code; use safetensors or JSON"
+    if func == "torch.load":
+        weights_only = _keyword(call, "weights_only")
+        if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+            return "torch.load() without weights_only=True"
+    return None
+
+
+def find_unsafe_calls(root: str | os.PathLike[str]) -> list[str]:
+    """`path:line: problem` for every unsafe deserialisation call in the `*.py` files under `root`."""
+    findings = []
+    for path in sorted(Path(root).rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except SyntaxError as err:
+            findings.append(f"{path}:{err.lineno}: does not parse ({err.msg})")
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and (problem := _call_problem(node)):
+                findings.append(f"{path}:{node.lineno}: {problem}")
+    return findings
