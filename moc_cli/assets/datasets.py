@@ -106,24 +106,29 @@ def chitchat_conversations(max_conversations: int | None = None) -> list[list[di
     The first speaker of a conversation is the user. Consecutive messages of one speaker are merged
     (joined by newlines); empty messages are skipped; conversations with fewer than two turns
     (monologues) are dropped. Order: by start time, then conversation id. Needs `chitchat-dataset`.
+    Returns fresh lists and dicts, so callers may modify them.
     """
+    selected = _chitchat_all()[:max_conversations]
+    return [[dict(turn) for turn in conversation] for conversation in selected]
+
+
+@functools.lru_cache(maxsize=1)
+def _chitchat_all() -> tuple[tuple[dict, ...], ...]:
     path = _asset_file("chitchat_dataset", "chitchat-dataset", CHITCHAT_FILE)
     with open(path, encoding="utf-8") as handle:
         raw: dict[str, dict] = json.load(handle)
-    conversations: list[list[dict]] = []
+    conversations: list[tuple[dict, ...]] = []
     for conv_id in sorted(raw, key=lambda cid: (raw[cid].get("start") or "", cid)):
         messages = [m for group in raw[conv_id]["messages"] for m in group if m["text"].strip()]
         turns: list[dict] = []
-        speakers: list[str] = []
+        previous_sender = None
         for message in messages:
-            if speakers and message["sender"] == speakers[-1]:
-                turns[-1]["content"] += "\n" + message["text"].strip()
+            text = message["text"].strip()
+            if message["sender"] == previous_sender:
+                turns[-1]["content"] += "\n" + text
                 continue
-            speakers.append(message["sender"])
-            role = "user" if len(turns) % 2 == 0 else "assistant"
-            turns.append({"role": role, "content": message["text"].strip()})
+            previous_sender = message["sender"]
+            turns.append({"role": "user" if len(turns) % 2 == 0 else "assistant", "content": text})
         if len(turns) >= 2:
-            conversations.append(turns)
-        if max_conversations is not None and len(conversations) >= max_conversations:
-            break
-    return conversations
+            conversations.append(tuple(turns))
+    return tuple(conversations)
