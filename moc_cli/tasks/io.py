@@ -1,0 +1,275 @@
+"""Shared data loading and validation for tasks.
+
+Local data mirrors the Hub schema, so a folder of `<split>.jsonl|json|csv|parquet` files drops in
+for the Hub dataset. Every error names the task, the file (or Hub id), the split and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.tasks.base import DataSource, TaskDataError
+
+if TYPE_CHECKING:
+    import datasets
+
+EXTENSIONS = ("jsonl", "json", "csv", "parquet")
+# Original benchmark folders name their dev split differently from the Hub.
+SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
+    "validation": ("val", "dev"),
+    "validation_matched": ("dev_matched",),
+    "validation_mismatched": ("dev_mismatched",),
+}
+
+
+def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
+    """Records of a JSON Lines file or a JSON array file; bad JSON names the file and line."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(
+                f"task {task}: {path}: line {err.lineno}: invalid JSON ({err.msg}, column {err.colno}); "
+                "expected a JSON array of objects or one JSON object per line"
+            ) from None
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise TaskDataError(
+                f"task {task}: {path}: array element {bad} is {type(records[bad]).__name__}, expected an object"
+            )
+        return records
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise TaskDataError(
+                f"task {task}: {path}: line {lineno}: invalid JSON ({err.msg}, column {err.colno}); "
+                "each line must be one JSON object"
+            ) from None
+        if not isinstance(record, dict):
+            raise TaskDataError(
+                f"task {task}: {path}: line {lineno}: got a JSON {type(record).__name__}, "
+                "each line must be one JSON object"
+            )
+        records.append(record)
+    return records
+
+
+def load_file(path: Path, task: str, split: str) -> datasets.Dataset:
+    """One split from one local file."""
+    import datasets
+
+    if not path.is_file():
+        raise TaskDataError(f"task {task}: data file for split {split!r} not found: {path}")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in ("jsonl", "json"):
+        records = read_json_records(path, task)
+        ds = datasets.Dataset.from_list(records) if records else None
+    elif suffix in ("csv", "parquet"):
+        try:
+            ds = datasets.load_dataset(suffix, data_files={split: str(path)}, split=split)
+        except Exception as err:  # the builders raise many types; the file name is what matters
+            raise TaskDataError(f"task {task}: {path}: could not read {suffix.upper()} file: {err}") from err
+        ds = ds if len(ds) else None
+    else:
+        raise TaskDataError(
+            f"task {task}: {path}: unsupported file type '.{suffix}'; use one of "
+            + ", ".join(f".{e}" for e in EXTENSIONS)
+        )
+    if ds is None:
+        raise TaskDataError(f"task {task}: split {split!r} is empty: {path} has no records")
+    return ds
+
+
+def find_split_file(folder: Path, split: str) -> Path | None:
+    for stem in (split, *SPLIT_ALIASES.get(split, ())):
+        for ext in EXTENSIONS:
+            candidate = folder / f"{stem}.{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _resolve_local(path: str) -> Path | None:
+    if path.startswith("pkg://"):
+        from moc_cli.assets import resolve_data_path
+
+        return Path(resolve_data_path(path))
+    p = Path(path).expanduser()
+    return p if p.exists() else None
+
+
+def load_raw(
+    task: str,
+    source: DataSource,
+    splits: Sequence[str],
+    hub_path: str | None,
+    hub_name: str | None,
+    single_file_split: str = "train",
+) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    """Load the task's splits that exist; returns the splits and where each came from.
+
+    Precedence: `source.files`, then a local folder/file/`pkg://` path, then a Hub id
+    (`source.path`, or the task's default `hub_path` when `source.path` is None).
+    """
+    import datasets
+
+    if source.files:
+        unknown = sorted(set(source.files) - set(splits))
+        if unknown:
+            raise TaskDataError(
+                f"task {task}: data.files has unknown split(s) {unknown}; expected split names: {list(splits)}"
+            )
+        out = {s: load_file(Path(f).expanduser(), task, s) for s, f in source.files.items()}
+        return datasets.DatasetDict(out), {s: str(Path(f)) for s, f in source.files.items()}
+
+    local = _resolve_local(source.path) if source.path else None
+    if local is not None and local.is_file():
+        return (
+            datasets.DatasetDict({single_file_split: load_file(local, task, single_file_split)}),
+            {single_file_split: str(local)},
+        )
+    if local is not None and local.is_dir():
+        found = {s: f for s in splits if (f := find_split_file(local, s)) is not None}
+        if not found:
+            raise TaskDataError(
+                f"task {task}: no data files in {local}; expected files named <split>.<ext> with split in "
+                f"{list(splits)} and ext in {list(EXTENSIONS)}"
+            )
+        out = {s: load_file(f, task, s) for s, f in found.items()}
+        return datasets.DatasetDict(out), {s: str(f) for s, f in found.items()}
+
+    hub_id = source.path or hub_path
+    if hub_id is None:
+        raise TaskDataError(
+            f"task {task}: no default Hub dataset; set data.path to a local folder or file (or data.files)"
+        )
+    if source.path and ("/" not in source.path or source.path.startswith((".", "/", "~"))):
+        raise TaskDataError(f"task {task}: data.path {source.path!r} does not exist")
+    config = source.name if source.name is not None else (hub_name if source.path is None else None)
+    try:
+        loaded = datasets.load_dataset(hub_id, config)
+    except Exception as err:  # offline mode, missing dataset, network: all end the same way
+        raise TaskDataError(
+            f"task {task}: could not load Hub dataset {hub_id!r} (config {config!r}): "
+            f"{type(err).__name__}: {err}. Without Hub access set data.path to a local folder of "
+            "<split>.jsonl files with the same columns (e.g. ../shared/data/glue/sst2)"
+        ) from err
+    out = {s: loaded[s] for s in splits if s in loaded}
+    if not out:
+        raise TaskDataError(
+            f"task {task}: Hub dataset {hub_id!r} has splits {list(loaded)}, none of {list(splits)}"
+        )
+    where = f"hub:{hub_id}" + (f"/{config}" if config else "")
+    return datasets.DatasetDict(out), {s: f"{where}[{s}]" for s in out}
+
+
+def check_columns(
+    task: str,
+    ds: datasets.Dataset,
+    origin: str,
+    split: str,
+    required: Iterable[str],
+    optional: Iterable[str] = (),
+) -> None:
+    """Raise TaskDataError when required columns are missing (listing unexpected ones too)."""
+    required = list(required)
+    optional = list(optional)
+    have = list(ds.column_names)
+    missing = [c for c in required if c not in have]
+    if not missing:
+        return
+    unexpected = [c for c in have if c not in required and c not in optional]
+    expected = ", ".join(required) + (f" (optional: {', '.join(optional)})" if optional else "")
+    msg = f"task {task}: {origin} (split {split!r}): missing column(s) {missing}"
+    if unexpected:
+        msg += f", unexpected column(s) {unexpected}"
+    raise TaskDataError(f"{msg}; expected columns: {expected}")
+
+
+def check_labels(
+    task: str,
+    ds: datasets.Dataset,
+    origin: str,
+    split: str,
+    label_names: Sequence[str] | None,
+    is_test: bool,
+    column: str = "label",
+) -> None:
+    """Labels must be class indices (or floats for regression); -1 only in test splits."""
+    values = ds[column]
+    if label_names is None:  # regression: any finite float, -1 placeholder in test
+        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
+        if bad:
+            raise TaskDataError(
+                f"task {task}: {origin} (split {split!r}): column {column!r} has non-numeric value(s) "
+                f"{sorted(map(repr, set(bad)))[:5]}; expected float scores"
+            )
+        return
+    allowed = set(range(len(label_names))) | ({-1} if is_test else set())
+    bad = sorted({v for v in values if v not in allowed or isinstance(v, bool)}, key=repr)
+    if bad:
+        expected = ", ".join(f"{i}={n}" for i, n in enumerate(label_names))
+        hint = "; -1 (unlabelled) is allowed only in test splits" if -1 in bad and not is_test else ""
+        raise TaskDataError(
+            f"task {task}: {origin} (split {split!r}): unexpected label value(s) {bad[:10]} in column "
+            f"{column!r}; expected {expected} (label names or class indices){hint}"
+        )
+
+
+def normalize_labels(
+    ds: datasets.Dataset, label_names: Sequence[str], column: str = "label"
+) -> datasets.Dataset:
+    """Map string labels ("positive", "True") and JSON booleans to class indices, as the Hub stores them."""
+    import datasets
+
+    if column not in ds.column_names:
+        return ds
+    feature = ds.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return ds
+    dtype = getattr(feature, "dtype", None)
+    if dtype not in ("string", "large_string", "bool"):
+        return ds
+    lookup = {n.lower(): i for i, n in enumerate(label_names)}
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            key = str(value).lower()
+        elif isinstance(value, str):
+            key = value.strip().lower()
+        else:
+            return value
+        if key in lookup:
+            return lookup[key]
+        return int(key) if key.lstrip("-").isdigit() else value
+
+    converted = [convert(v) for v in ds[column]]
+    if any(isinstance(v, str) for v in converted):
+        # leave unmapped strings in place for check_labels to report
+        return ds.remove_columns(column).add_column(column, [str(v) for v in converted])
+    return ds.remove_columns(column).add_column(column, converted)
+
+
+def limit_samples(
+    dd: datasets.DatasetDict,
+    source: DataSource,
+    train_split: str,
+    eval_splits: Sequence[str],
+    test_split: str | None,
+) -> datasets.DatasetDict:
+    """Apply max_*_samples by taking the first N rows (deterministic, as run_glue does)."""
+    limits = {train_split: source.max_train_samples, test_split: source.max_test_samples}
+    limits.update(dict.fromkeys(eval_splits, source.max_eval_samples))
+    for split, limit in limits.items():
+        if split in dd and limit is not None and limit < len(dd[split]):
+            dd[split] = dd[split].select(range(limit))
+    return dd
