@@ -1,0 +1,261 @@
+"""`MocModel`: the peft tuner of Mixture-of-Control.
+
+Structure (modelled on peft's Shadow / VB-LoRA tuners, not copied):
+
+- `_prepare_adapter_config` resolves a `Plan` from the architecture map (`architectures.py`);
+  `_check_target_module_exists` matches exactly the plan's writer and tap modules, so the user's
+  `target_modules` keeps its MoC meaning (which *layers* are controlled) and the saved config
+  rebuilds the same placement on reload.
+- The shared state (expert pools, routers, alpha) of each adapter is one `MocAdapterState` in the
+  `moc_state` ModuleDict on the tuner, created lazily in `_create_and_replace` (the injection hooks
+  do not run for `add_adapter` / `load_adapter`); under `low_cpu_mem_usage` it is created on the
+  meta device and filled by peft's `load_state_dict(assign=True)`.
+- Two hooks on the wrapped base model carry what a tuner-level `forward` override would miss
+  (`PeftModel.forward` calls the base model directly for `task_type=None`): a forward pre-hook
+  reads `attention_mask` (padding is excluded from the balance loss and the statistics) and opens
+  the routing context; a forward hook folds the routing events into the statistics and, in training
+  mode, adds `aux_loss_coef * balance_loss` to `outputs.loss`. Layers recomputed by activation
+  checkpointing during backward run outside that context and record nothing. With reentrant
+  checkpointing the first forward runs without grad, so the balance loss then carries no gradient
+  to the router: use `use_reentrant=False`.
+- `set_adapter`, `delete_adapter` and `_cast_adapter_dtype` also handle the shared state, so
+  `is_trainable=False` freezes the routers too; `merge_and_unload` raises (see `MERGE_ERROR`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+
+from .architectures import Plan, resolve_plan
+from .config import MocConfig
+from .layer import MERGE_ERROR, MocLayer, MocSiteLayer, MocTapLayer
+from .state import MocAdapterState, MocRuntime
+
+
+def _is_low_precision(t: torch.Tensor) -> bool:
+    return t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16)
+
+
+class MocModel(BaseTuner):
+    """Mixture-of-Control tuner (`get_peft_model(model, MocConfig(...))` builds it)."""
+
+    prefix: str = "moc_"
+    tuner_layer_cls = MocLayer
+    target_module_mapping: dict = {}
+    uses_shared_state = True
+
+    # ------------------------------------------------------------------------------------ setup
+    def _ensure_runtime(self) -> MocRuntime:
+        if "_moc_runtime" not in self.__dict__:
+            self.__dict__["_moc_runtime"] = MocRuntime()
+            self.moc_state = nn.ModuleDict()
+            self._moc_plans: dict[str, Plan] = {}
+            self._moc_hook_handles: list[Any] = []
+        runtime: MocRuntime = self.__dict__["_moc_runtime"]
+        runtime.states = self.moc_state
+        return runtime
+
+    @property
+    def moc_runtime(self) -> MocRuntime:
+        return self._ensure_runtime()
+
+    def _prepare_adapter_config(self, peft_config: MocConfig, model_config: dict) -> MocConfig:
+        self._ensure_runtime()
+        name = next(n for n, c in self.peft_config.items() if c is peft_config)
+        first = next((n for n in self._moc_plans if n != name), None)
+        if first is not None and self.peft_config[first].variant != peft_config.variant:
+            raise ValueError(
+                f"MocConfig.variant={peft_config.variant!r} of adapter '{name}' differs from the variant "
+                f"{self.peft_config[first].variant!r} of adapter '{first}'; all MoC adapters of one model must use "
+                "the same variant."
+            )
+        self._moc_plans[name] = resolve_plan(self.model, peft_config)
+        return peft_config
+
+    def _plan_for(self, peft_config: MocConfig) -> Plan:
+        for name, config in self.peft_config.items():
+            if config is peft_config and name in self._moc_plans:
+                return self._moc_plans[name]
+        raise RuntimeError("MoC plan missing for this adapter config.")
+
+    def _check_target_module_exists(self, peft_config: MocConfig, key: str) -> bool:  # type: ignore[override]
+        return key in self._plan_for(peft_config).roles
+
+    def _create_and_replace(
+        self,
+        peft_config: MocConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        runtime = self._ensure_runtime()
+        plan = self._plan_for(peft_config)
+        if adapter_name not in self.moc_state:
+            self._create_state(adapter_name, peft_config, plan)
+        runtime.configs[adapter_name] = peft_config
+        self._ensure_hooks()
+        if isinstance(target, MocLayer):
+            target.update_layer(adapter_name)
+            return
+        role = plan.roles[current_key]
+        if role.kind == "tap":
+            new_module: MocLayer = MocTapLayer(target, runtime, role.site, role.pos)
+        else:
+            new_module = MocSiteLayer(target, runtime, role.site, role.pos, role.arg)
+        new_module.update_layer(adapter_name)
+        new_module.set_adapter(self.active_adapters)
+        setattr(parent, target_name, new_module)
+
+    def _create_state(self, adapter_name: str, config: MocConfig, plan: Plan) -> None:
+        layer0 = self.model.get_submodule(plan.layer_names[0])
+        param = next(layer0.parameters(), None)
+        state = MocAdapterState(config, plan.num_layers, plan.hidden_size)
+        if param is not None and not param.is_meta and not next(state.parameters()).is_meta:
+            state.to(param.device)
+        self.moc_state[adapter_name] = state
+
+    def _ensure_hooks(self) -> None:
+        if self._moc_hook_handles:
+            return
+        self._moc_mask_position = self._attention_mask_position(self.model)
+        self._moc_hook_handles = [
+            self.model.register_forward_pre_hook(self._moc_pre_hook, with_kwargs=True),
+            self.model.register_forward_hook(self._moc_post_hook, with_kwargs=True),
+        ]
+
+    @staticmethod
+    def _attention_mask_position(model: nn.Module) -> int | None:
+        try:
+            params = list(inspect.signature(model.forward).parameters)
+        except (TypeError, ValueError):
+            return None
+        return params.index("attention_mask") if "attention_mask" in params else None
+
+    def _remove_hooks(self) -> None:
+        for handle in getattr(self, "_moc_hook_handles", []):
+            handle.remove()
+        self._moc_hook_handles = []
+
+    # ----------------------------------------------------------------------------- forward hooks
+    def _moc_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask")
+        position = getattr(self, "_moc_mask_position", None)
+        if mask is None and position is not None and len(args) > position:
+            mask = args[position]
+        runtime = self.moc_runtime
+        runtime.active = [a for a in self.active_adapters if a in self.moc_state]
+        runtime.begin(mask)
+
+    def _moc_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        runtime = self.moc_runtime
+        losses = runtime.consume_events(training=module.training)
+        if not module.training or not losses:
+            return None
+        aux = None
+        for adapter, loss in losses.items():
+            coef = self.peft_config[adapter].aux_loss_coef
+            if coef > 0:
+                aux = coef * loss if aux is None else aux + coef * loss
+        if aux is None:
+            return None
+        if isinstance(output, dict) and output.get("loss") is not None:
+            output["loss"] = output["loss"] + aux.to(output["loss"].dtype)
+            return output
+        if (
+            isinstance(output, tuple)
+            and kwargs.get("labels") is not None
+            and isinstance(output[0], torch.Tensor)
+        ):
+            return (output[0] + aux.to(output[0].dtype),) + tuple(output[1:])
+        return None
+
+    # ----------------------------------------------------------------------- adapter management
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        active = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._sync_state_trainability(active, inference_mode)
+        self.moc_runtime.active = [a for a in active if a in self.moc_state]
+
+    def _sync_state_trainability(self, active: list[str], inference_mode: bool) -> None:
+        for name, state in self.moc_state.items():
+            state.requires_grad_((name in active) and not inference_mode)
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        super()._mark_only_adapters_as_trainable(model)
+        inference = any(
+            self.peft_config[a].inference_mode for a in self.active_adapters if a in self.peft_config
+        )
+        self._sync_state_trainability(self.active_adapters, inference)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        if adapter_name in self.moc_state:
+            del self.moc_state[adapter_name]
+        runtime = self.moc_runtime
+        runtime.configs.pop(adapter_name, None)
+        runtime.stats.pop(adapter_name, None)
+        self._moc_plans.pop(adapter_name, None)
+        runtime.active = [a for a in self.active_adapters if a in self.moc_state]
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if not autocast_adapter_dtype or adapter_name not in self.moc_state:
+            return
+        for module in self.moc_state[adapter_name].modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if _is_low_precision(param):
+                    setattr(module, name, nn.Parameter(param.data.float(), requires_grad=param.requires_grad))
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        marker = f"moc_state.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, "moc_state.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    # ----------------------------------------------------------------------------- merge/unload
+    def _check_merge_allowed(self) -> None:
+        raise NotImplementedError(MERGE_ERROR)
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        for module in self.model.modules():
+            if isinstance(module, MocLayer):
+                module.remove_hooks()
+        self._remove_hooks()
+        return super()._unload_and_optionally_merge(
+            merge=False, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
+        # Whole sub-blocks have no `.weight`: plain replacement, the wrapped module keeps its device.
+        setattr(parent, child_name, new_module)
+
+    # ------------------------------------------------------------------------------ statistics
+    def routing_stats(self, adapter_name: str | None = None) -> dict[str, Any]:
+        name = adapter_name or (self.active_adapters[0] if self.active_adapters else "default")
+        return self.moc_runtime.summary(name)
+
+    def reset_routing_stats(self) -> None:
+        for stats in self.moc_runtime.stats.values():
+            stats.reset()
+
+
+__all__ = ["MocModel", "BaseTunerLayer"]
