@@ -71,7 +71,8 @@ def task_info(source: ExportSource) -> TaskInfo:
         if get_task is not None:
             try:
                 task = get_task(name)
-            except (KeyError, ValueError):
+            except (KeyError, ValueError, ImportError):
+                # Unknown here (e.g. a task from a plugin not installed): fall back to the adapter.
                 task = None
             if task is not None:
                 return TaskInfo(task.name, task.kind, list(task.label_names or []) or None, task.num_labels)
@@ -124,11 +125,12 @@ def load_peft_model(
 
 
 def unwrap(peft_model: Any) -> nn.Module:
-    """The model with the adapter modules in place and no peft wrapper around it.
+    """The transformers model with the adapter modules in place and no peft wrapper around it.
 
     Trained heads (`modules_to_save`) are swapped in for their wrappers so the state-dict keys are the
-    plain transformers ones. If the tuner owns parameters outside the wrapped model (shared state),
-    the tuner module itself is returned; it forwards straight to the model.
+    plain transformers ones. State the tuner keeps beside the model (MoC's shared expert pools and
+    routers, `moc_state`) is attached to the model as a submodule of the same name: the layers and
+    hooks reach it by reference, and this way it is saved and loaded with the model.
     """
     from peft.utils.other import ModulesToSaveWrapper
 
@@ -140,10 +142,18 @@ def unwrap(peft_model: Any) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             parent = inner.get_submodule(parent_name) if parent_name else inner
             setattr(parent, child, module.modules_to_save[adapter])
-    inner_params = {id(p) for p in inner.parameters()}
-    if all(id(p) in inner_params for p in tuner.parameters()):
-        return inner
-    return tuner
+    for name, child in tuner.named_children():
+        if (
+            child is inner
+            or not any(True for _ in child.parameters())
+            and not any(True for _ in child.buffers())
+        ):
+            continue
+        if hasattr(inner, name):
+            # Cannot attach without shadowing a model attribute: keep the tuner (it forwards to the model).
+            return tuner
+        inner.add_module(name, child)
+    return inner
 
 
 def stripped_peft_config(adapter_config: dict[str, Any]) -> Any:
@@ -168,5 +178,7 @@ def rebuild_unwrapped(model: nn.Module, adapter_config: dict[str, Any]) -> nn.Mo
     """Inject freshly initialised adapter modules into `model` and unwrap (weights are loaded after)."""
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, stripped_peft_config(adapter_config))
+    config = stripped_peft_config(adapter_config)
+    config.base_model_name_or_path = getattr(model, "name_or_path", None)
+    peft_model = get_peft_model(model, config)
     return unwrap(peft_model)

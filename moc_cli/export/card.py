@@ -56,7 +56,8 @@ def metrics_table(results: dict[str, Any] | None) -> str:
     if not results:
         return "No evaluation results were saved with the run (eval/results.json)."
     flat: dict[str, float] = {}
-    _flatten("", results, flat)
+    # The runner keeps per-split metrics under "metrics"; other layouts are flattened whole.
+    _flatten("", results.get("metrics", results), flat)
     if not flat:
         return "eval/results.json holds no numeric metrics."
     rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in flat.items())

