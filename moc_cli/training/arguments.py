@@ -1,0 +1,91 @@
+"""`training:` section -> `transformers.TrainingArguments` (same names, plus the run's own settings)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.training._sections import as_dict
+from moc_cli.training.errors import RunSetupError
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from moc_cli.tasks.base import Task
+
+# Keys of the training section handled by the runner rather than TrainingArguments.
+RUNNER_KEYS = ("early_stopping_patience",)
+
+
+def best_metric(task: Task, has_compute_metrics: bool, requested: str | None) -> tuple[str, bool]:
+    """(`metric_for_best_model`, `greater_is_better`): the task's main metric unless one is requested."""
+    main = f"eval_{task.main_metric}" if has_compute_metrics else "eval_loss"
+    main_greater = task.greater_is_better if has_compute_metrics else False
+    if requested is None:
+        return main, main_greater
+    name = requested if requested.startswith("eval_") else f"eval_{requested}"
+    if name == main:
+        return name, main_greater
+    return name, "loss" not in name and "perplexity" not in name
+
+
+def training_arguments(
+    training_cfg: Any,
+    *,
+    output_dir: Path,
+    seed: int,
+    task: Task,
+    has_eval: bool,
+    has_compute_metrics: bool,
+    show_bar: bool,
+) -> TrainingArguments:
+    """TrainingArguments for a run: user values pass through, the runner owns paths, seeds and reporting."""
+    from transformers import TrainingArguments
+
+    kwargs = {k: v for k, v in as_dict(training_cfg).items() if k not in RUNNER_KEYS}
+    accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise RunSetupError(
+            f"training.{unknown[0]} is not a transformers.TrainingArguments field; remove it "
+            f"(unknown: {', '.join('training.' + k for k in unknown)})"
+        )
+    if kwargs.pop("gradient_checkpointing", False):
+        # New name in transformers 5; non-reentrant checkpointing works with frozen inputs (peft).
+        kwargs["activation_checkpointing"] = True
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if kwargs.get("eval_steps") is None:
+        kwargs.pop("eval_steps", None)
+
+    # TensorBoard is attached by the runner (it must see the routing metrics and write under logs/).
+    report_to = [r for r in (kwargs.pop("report_to", None) or []) if r not in ("none", "tensorboard")]
+    kwargs["report_to"] = report_to or "none"
+
+    if not has_eval:
+        kwargs["eval_strategy"] = "no"
+        kwargs["load_best_model_at_end"] = False
+    wants_best = kwargs.get("load_best_model_at_end") or kwargs.get("metric_for_best_model") is not None
+    if wants_best:
+        metric, greater = best_metric(task, has_compute_metrics, kwargs.get("metric_for_best_model"))
+        kwargs["metric_for_best_model"] = metric
+        kwargs["greater_is_better"] = greater
+    else:
+        kwargs.pop("metric_for_best_model", None)
+
+    import torch
+
+    kwargs.update(
+        output_dir=str(output_dir),
+        # Pinned memory only helps host-to-GPU copies (and warns on every DataLoader without one).
+        dataloader_pin_memory=torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        disable_tqdm=not show_bar,
+        # Checkpoints must carry optimizer, scheduler and RNG state for an exact resume.
+        save_only_model=False,
+    )
+    try:
+        return TrainingArguments(**kwargs)
+    except ValueError as exc:
+        raise RunSetupError(f"invalid training settings: {exc}") from exc

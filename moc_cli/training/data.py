@@ -1,0 +1,75 @@
+"""Task and data for a run config: raw splits, model-ready features, which splits train and evaluate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.training._sections import as_dict
+from moc_cli.training.errors import RunSetupError
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
+
+    from moc_cli.tasks.base import Task
+
+
+def load_task(task_cfg: Any) -> Task:
+    """The registered task named by `task.name`, constructed with `task.options`."""
+    from moc_cli.tasks.registry import get_task
+
+    cfg = as_dict(task_cfg)
+    return get_task(cfg["name"], cfg.get("options") or {})
+
+
+def data_source(data_cfg: Any, task_cfg: Any, seed: int) -> Any:
+    """The `DataSource` for the `data:` section (task options travel along for loaders that need them)."""
+    from moc_cli.tasks.base import DataSource
+
+    data = as_dict(data_cfg)
+    return DataSource(
+        path=data.get("path"),
+        name=data.get("name"),
+        files=data.get("files"),
+        max_train_samples=data.get("max_train_samples"),
+        max_eval_samples=data.get("max_eval_samples"),
+        max_test_samples=data.get("max_test_samples"),
+        seed=seed,
+        options=dict(as_dict(task_cfg).get("options") or {}),
+    )
+
+
+@dataclass
+class RunData:
+    """Raw splits (for generation), features (for Trainer), and the split roles."""
+
+    raw: datasets.DatasetDict
+    features: datasets.DatasetDict
+    train_split: str | None
+    eval_splits: list[str]
+
+    @property
+    def train(self) -> datasets.Dataset | None:
+        return self.features[self.train_split] if self.train_split else None
+
+    def eval(self, split: str) -> datasets.Dataset:
+        return self.features[split]
+
+
+def load_run_data(
+    task: Task, data_cfg: Any, task_cfg: Any, seed: int, tokenizer: PreTrainedTokenizerBase, need_train: bool
+) -> RunData:
+    """Load, validate and tokenize the task's data."""
+    raw = task.load(data_source(data_cfg, task_cfg, seed))
+    features = task.preprocess(raw, tokenizer, int(as_dict(task_cfg).get("max_length") or 128))
+    train_split = task.train_split if task.train_split in features else None
+    if need_train and train_split is None:
+        raise RunSetupError(
+            f"task {task.name}: the data has no {task.train_split!r} split (found: {', '.join(features) or 'none'}); "
+            f"point data.path or data.files.{task.train_split} at the training file"
+        )
+    eval_splits = [
+        split for split in task.eval_splits if split in features and "labels" in features[split].column_names
+    ]
+    return RunData(raw=raw, features=features, train_split=train_split, eval_splits=eval_splits)

@@ -1,0 +1,380 @@
+"""`run_training`: one fine-tuning run from a resolved RunConfig to a complete run directory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from moc_cli.training._sections import as_dict
+from moc_cli.training.errors import RunInterrupted, RunSetupError
+from moc_cli.training.run_dir import (
+    RunDir,
+    atomic_write_text,
+    checkpoint_step,
+    environment_record,
+    prepare_run_dir,
+    replace_dir,
+    resolve_resume,
+    temp_dir_beside,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+    from moc_cli.tasks.base import Task
+    from moc_cli.training.data import RunData
+
+ROUTED_METHODS = ("moc", "control")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain YAML-able data."""
+    return cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
+
+
+def default_output_dir(cfg_data: dict[str, Any]) -> Path:
+    """`runs/<recipe or task>/<timestamp>` when `output.dir` is not set."""
+    name = cfg_data.get("recipe") or cfg_data["task"]["name"]
+    name = Path(str(name)).stem if str(name).endswith((".yaml", ".yml")) else str(name)
+    return Path("runs") / name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def quiet_progress(show_bar: bool) -> None:
+    """Without a terminal, silence the per-item bars of datasets and model loading (log-file spam)."""
+    if show_bar:
+        return
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _check_drift(run: RunDir, current: dict[str, Any]) -> None:
+    from moc_cli.training.checkpointing import config_drift
+
+    if not run.config.is_file():
+        return
+    saved = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+    for change in config_drift(saved, current):
+        _warn(f"resuming with a config that differs from {run.config}: {change}")
+
+
+def _evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> dict[str, float]:
+    from moc_cli.training.summary import stable_metrics
+
+    features = data.eval(split)
+    trainer.compute_metrics = task.make_compute_metrics(features)
+    metrics = trainer.evaluate(eval_dataset=features, metric_key_prefix="eval")
+    return stable_metrics(task.finalize_metrics(metrics))
+
+
+def _generation_metrics(
+    model: Any, tokenizer: Any, task: Task, data: RunData, split: str, out_dir: Path
+) -> dict:
+    """Causal LM tasks: generated samples (and any generative score) under eval/."""
+    raw = data.raw.get(split)
+    if raw is None:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        scores = task.evaluate_generation(model, tokenizer, raw, output_dir=str(out_dir / split))
+    finally:
+        model.train(was_training)
+    return {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in (scores or {}).items()}
+
+
+def _save_final_adapter(trainer: Trainer, run: RunDir, card: str) -> None:
+    """Write adapter + model card to a temp dir beside `adapter/`, then swap it in atomically."""
+    tmp = temp_dir_beside(run.adapter)
+    try:
+        trainer.save_model(str(tmp))
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        replace_dir(tmp, run.adapter)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _config_yaml(cfg: Any, cfg_data: dict[str, Any], provenance: dict[str, str]) -> str:
+    """The resolved config, with a `# from <source>` comment per value when it is a RunConfig."""
+    if hasattr(cfg, "model_copy"):
+        from moc_cli.config import render_config
+
+        resolved = cfg.model_copy(deep=True)
+        resolved.output.dir = cfg_data["output"]["dir"]
+        prov = dict(provenance or {})
+        if not cfg.output.dir:
+            prov["output.dir"] = "runner (default run directory)"
+        return render_config(resolved, prov)
+    return yaml.safe_dump(cfg_data, sort_keys=False, allow_unicode=True)
+
+
+def run_training(cfg: Any, provenance: dict[str, str], resume: str | None = None) -> Path:
+    """Train as configured and return the run directory (see docs/ARCHITECTURE.md for its layout).
+
+    Raises RunSetupError for unusable settings (before anything heavy runs where possible) and
+    RunInterrupted (a KeyboardInterrupt) after saving a resumable checkpoint on Ctrl-C.
+    """
+    started = time.perf_counter()
+    cfg_data = config_dict(cfg)
+    output = as_dict(cfg_data.get("output"))
+    if output.get("dir"):
+        root = Path(output["dir"]).expanduser()
+    elif resume is not None and resume != "auto":
+        # --resume PATH/checkpoints/checkpoint-N continues that run's directory.
+        root = Path(resume).resolve().parent.parent
+    elif resume == "auto":
+        raise RunSetupError("--resume auto needs the run directory: pass --output-dir (output.dir=...)")
+    else:
+        root = default_output_dir(cfg_data)
+    cfg_data.setdefault("output", {})["dir"] = str(root)
+
+    run = prepare_run_dir(root, overwrite=bool(output.get("overwrite")), resuming=resume is not None)
+    resume_from = resolve_resume(resume, run) if resume is not None else None
+    if resume_from is not None:
+        from moc_cli.training.callbacks import truncate_metrics
+
+        _check_drift(run, cfg_data)
+        truncate_metrics(run.metrics, checkpoint_step(resume_from) or 0)
+
+    def record_run() -> None:
+        run.make()
+        atomic_write_text(run.config, _config_yaml(cfg, cfg_data, provenance))
+        write_json(run.env, environment_record(cfg_data.get("seed"), provenance))
+
+    return _train(cfg_data, run, resume_from, started, record_run)
+
+
+def _train(
+    cfg_data: dict[str, Any], run: RunDir, resume_from: Path | None, started: float, record_run: Any
+) -> Path:
+    import transformers
+    from transformers import PrinterCallback, Trainer
+
+    from moc_cli.training.arguments import training_arguments
+    from moc_cli.training.callbacks import (
+        InterruptCallback,
+        MetricsJsonlCallback,
+        ProgressLinesCallback,
+        RoutingStatsCallback,
+        should_show_bar,
+    )
+    from moc_cli.training.checkpointing import save_resumable_checkpoint
+    from moc_cli.training.data import load_run_data, load_task
+    from moc_cli.training.methods import apply_method, count_parameters
+    from moc_cli.training.model_factory import build_model_and_tokenizer
+
+    seed = int(cfg_data.get("seed", 42))
+    output = cfg_data.get("output") or {}
+    progress = output.get("progress", "auto")
+    show_bar = progress != "none" and should_show_bar(None if progress == "auto" else progress == "bar")
+    quiet_progress(show_bar)
+
+    task = load_task(cfg_data["task"])
+    # Seed before the model and the adapter exist: head and adapter init depend on it.
+    transformers.set_seed(seed)
+    model, tokenizer, source = build_model_and_tokenizer(cfg_data["model"], task)
+    method = cfg_data["method"]["name"]
+    model = apply_method(model, cfg_data["method"], task.kind)
+    trainable, total = count_parameters(model)
+
+    data = load_run_data(task, cfg_data.get("data"), cfg_data["task"], seed, tokenizer, need_train=True)
+    main_split = data.eval_splits[0] if data.eval_splits else None
+    compute_metrics = task.make_compute_metrics(data.eval(main_split)) if main_split else None
+    training_cfg = dict(cfg_data.get("training") or {})
+    args = training_arguments(
+        training_cfg,
+        output_dir=run.checkpoints,
+        seed=seed,
+        task=task,
+        has_eval=main_split is not None,
+        has_compute_metrics=compute_metrics is not None,
+        show_bar=show_bar,
+    )
+
+    record_run()
+    interrupt = InterruptCallback()
+    routing = RoutingStatsCallback(model) if method in ROUTED_METHODS else None
+    metrics_log = MetricsJsonlCallback(run.metrics)
+    callbacks: list[Any] = [cb for cb in (routing, metrics_log) if cb is not None]
+    if "tensorboard" in (training_cfg.get("report_to") or []):
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        # After the routing callback, so the routing metrics reach TensorBoard too.
+        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard"))))
+    if training_cfg.get("early_stopping_patience"):
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=training_cfg["early_stopping_patience"])
+        )
+    callbacks.append(interrupt)
+
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval(main_split) if main_split else None,
+        processing_class=tokenizer,
+        data_collator=task.data_collator(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    if not show_bar:
+        # PrinterCallback dumps raw dicts; plain progress lines replace it (or nothing for progress=none).
+        trainer.remove_callback(PrinterCallback)
+        if progress != "none":
+            trainer.add_callback(ProgressLinesCallback())
+
+    interrupt.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except KeyboardInterrupt:
+        checkpoint = save_resumable_checkpoint(trainer, run.checkpoints)
+        _report_interrupt(checkpoint, run)
+        raise RunInterrupted(str(checkpoint) if checkpoint else None) from None
+    finally:
+        interrupt.uninstall()
+    if interrupt.requested:
+        checkpoint = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
+        _report_interrupt(checkpoint, run)
+        raise RunInterrupted(str(checkpoint))
+
+    metrics_log.eval_kind = "final_eval"
+    return _finish(trainer, task, data, run, cfg_data, source, method, trainable, total, routing, started)
+
+
+def _report_interrupt(checkpoint: Path | None, run: RunDir) -> None:
+    if checkpoint is None:
+        print("Interrupted before the first step completed; nothing to resume.", file=sys.stderr)
+    else:
+        print(
+            f"Interrupted: saved a resumable checkpoint at {checkpoint}\n"
+            f"Continue with: moc train ... --output-dir {run.root} --resume auto",
+            file=sys.stderr,
+        )
+
+
+def _finish(
+    trainer: Trainer,
+    task: Task,
+    data: RunData,
+    run: RunDir,
+    cfg_data: dict[str, Any],
+    source: str,
+    method: str,
+    trainable: int,
+    total: int,
+    routing: Any,
+    started: float,
+) -> Path:
+    from importlib import metadata
+
+    from moc_cli.training.callbacks import read_metrics
+    from moc_cli.training.model_card import render_model_card
+    from moc_cli.training.plots import plot_curves, plot_routing
+    from moc_cli.training.summary import format_summary, summary_record
+
+    split_metrics: dict[str, dict[str, float]] = {}
+    routing_record: dict[str, Any] | None = None
+    for split in data.eval_splits:
+        if routing is not None and split == data.eval_splits[0]:
+            routing.reset()
+        metrics = _evaluate_split(trainer, task, data, split)
+        if routing is not None and split == data.eval_splits[0]:
+            routing_record = routing.last_eval_stats
+        if task.kind == "causal_lm":
+            metrics.update(
+                _generation_metrics(trainer.model, trainer.processing_class, task, data, split, run.eval)
+            )
+        split_metrics[split] = metrics
+
+    main_split = data.eval_splits[0] if data.eval_splits else None
+    main_key = f"eval_{task.main_metric}"
+    if main_split and main_key not in split_metrics[main_split]:
+        main_key = "eval_loss"
+    main_value = split_metrics[main_split].get(main_key) if main_split else None
+
+    versions = {}
+    for dist in ("moc_cli", "peft", "transformers", "torch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    card = render_model_card(
+        base_model=source,
+        method=method,
+        recipe=cfg_data.get("recipe"),
+        task=task.name,
+        dataset=_dataset_name(cfg_data, task),
+        metrics=split_metrics.get(main_split, {}) if main_split else {},
+        trainable_params=trainable,
+        total_params=total,
+        versions=versions,
+        auto_class=_auto_class_name(task),
+    )
+    _save_final_adapter(trainer, run, card)
+
+    events = read_metrics(run.metrics)
+    plot_curves(
+        events, task.main_metric if main_key != "eval_loss" else None, run.plots / "training_curves.png"
+    )
+    if routing_record and routing_record.get("routing_matrix"):
+        plot_routing(routing_record["routing_matrix"], run.plots / "routing_heatmap.png")
+
+    summary = summary_record(
+        main_metric=main_key if main_split else None,
+        main_value=main_value,
+        split=main_split,
+        trainable=trainable,
+        total=total,
+        wall_time=time.perf_counter() - started,
+        global_step=trainer.state.global_step,
+    )
+    results: dict[str, Any] = {
+        "task": task.name,
+        "main_metric": main_key if main_split else None,
+        "greater_is_better": task.greater_is_better if main_key != "eval_loss" else False,
+        "metrics": split_metrics,
+        "summary": summary,
+    }
+    if routing_record:
+        results["routing"] = routing_record
+    write_json(run.results, results)
+    print(format_summary(summary, str(run.root)), flush=True)
+    return run.root
+
+
+def _dataset_name(cfg_data: dict[str, Any], task: Task) -> str | None:
+    data = cfg_data.get("data") or {}
+    if data.get("files"):
+        return ", ".join(f"{split}: {Path(path).name}" for split, path in data["files"].items())
+    if data.get("path"):
+        return f"{data['path']}" + (f" ({data['name']})" if data.get("name") else "")
+    if task.hub_path:
+        return f"{task.hub_path}" + (f" ({task.hub_name})" if task.hub_name else "")
+    return None
+
+
+def _auto_class_name(task: Task) -> str:
+    return {
+        "seq_cls": "AutoModelForSequenceClassification",
+        "regression": "AutoModelForSequenceClassification",
+        "multiple_choice": "AutoModelForMultipleChoice",
+        "causal_lm": "AutoModelForCausalLM",
+    }[task.kind]

