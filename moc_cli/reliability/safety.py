@@ -1,10 +1,10 @@
 """Loading policy: safetensors only, no remote code, safe YAML, unless the user opts in.
 
 Pickle files (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`) execute code when unpickled, and
-`trust_remote_code=True` imports Python from a model folder; both need an explicit flag.
+turning `trust_remote_code` on imports Python from a model folder; both need an explicit flag.
 `find_unsafe_calls` is the static check the test suite runs over the package: no `yaml.load`
-without a safe loader, no `yaml.unsafe_load`/`full_load`, no `pickle.load(s)`, and no
-`torch.load` without `weights_only=True`.
+without a safe loader, no `yaml.unsafe_load`/`full_load`, no `pickle.load(s)`, no `torch.load`
+without `weights_only=True`, and no literal `trust_remote_code=True` (it must come from config).
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ def _keyword(call: ast.Call, name: str) -> ast.AST | None:
 
 def _call_problem(call: ast.Call) -> str | None:
     func = _dotted(call.func)
+    remote = _keyword(call, "trust_remote_code")
+    if isinstance(remote, ast.Constant) and remote.value is True:
+        return f"{func or 'call'}(trust_remote_code=True): take the value from the run config"
     if func in ("yaml.unsafe_load", "yaml.full_load", "yaml.unsafe_load_all", "yaml.full_load_all"):
         return f"{func}(): use yaml.safe_load"
     if func in ("yaml.load", "yaml.load_all"):

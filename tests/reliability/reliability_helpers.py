@@ -64,18 +64,15 @@ def run_trainer(
 ):
     from transformers import Trainer, TrainingArguments
 
+    settings = {"logging_steps": 1, "report_to": "none", "use_cpu": True, "disable_tqdm": True, "seed": 0}
+    settings.update(extra)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=max_steps,
         save_steps=save_steps,
         per_device_train_batch_size=4,
         learning_rate=learning_rate,
-        logging_steps=1,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        **extra,
+        **settings,
     )
     trainer = Trainer(
         model=model if model is not None else lora_model(),
