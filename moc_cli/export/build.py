@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.export.errors import ExportError
@@ -101,7 +102,10 @@ def build_tokenizer_and_base(
 
     info = task_info(source)
     model_cfg = dict(source.model_section)
-    model_cfg["allow_pickle"] = allow_pickle
+    # The model factory's allow_pickle forbids safetensors altogether, so ask for it only when the
+    # local base has nothing but pickles (an allowed pickle adapter is read by peft itself).
+    base_dir = Path(source.base_model)
+    model_cfg["allow_pickle"] = allow_pickle and base_dir.is_dir() and not any(base_dir.glob("*.safetensors"))
     try:
         base = resolve_source(source.base_model)
     except ImportError as err:  # AssetNotInstalledError carries the pip command

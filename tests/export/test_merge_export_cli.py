@@ -1,0 +1,158 @@
+"""`moc merge-export`: merged (LoRA) checkpoints, refusals, atomic and idempotent writes, pickles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.export.conftest import encode, make_run
+
+
+def test_lora_merged_loads_with_plain_transformers(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    result = cli("merge-export", run.root)  # LoRA defaults to merged
+    assert result.exit_code == 0, result.stderr
+    target = run.root / "export" / "merged"
+    assert result.stdout.strip() == str(target.resolve())
+    assert not list(target.glob("adapter_*"))
+    model = AutoModelForSequenceClassification.from_pretrained(target)
+    model.eval()
+    batch = encode(run.tokenizer)
+    with torch.no_grad():
+        expected = run.peft_model(**batch).logits
+        got = model(**batch).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("method", ["moc", "control"])
+def test_merged_is_refused_for_moc_with_the_reason(
+    tmp_path: Path, tiny_bert_dir: Path, cli, method: str
+) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, method)
+    result = cli("merge-export", run.root, "--format", "merged")
+    assert result.exit_code == 2
+    assert "routing is input-dependent" in result.stderr
+    assert "parallel to non-linear sub-blocks" in result.stderr
+    assert "--format bundle" in result.stderr and "--format onnx" in result.stderr
+    assert not (run.root / "export").exists()
+
+
+def test_moc_defaults_to_bundle_and_rerun_is_idempotent(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc")
+    first = cli("merge-export", run.root)
+    assert first.exit_code == 0, first.stderr
+    target = (run.root / "export" / "bundle").resolve()
+    assert f"exported bundle to {target}" in first.stderr
+    created = json.loads((target / "moc_export.json").read_text())["created"]
+    weights_mtime = (target / "model.safetensors").stat().st_mtime_ns
+
+    again = cli("merge-export", run.root, "--format", "bundle")
+    assert again.exit_code == 0
+    assert (
+        f"export already exists at {target} (bundle); nothing to do (pass --force to rebuild)" in again.stderr
+    )
+    assert (target / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+    forced = cli("merge-export", run.root, "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert f"exported bundle to {target}" in forced.stderr
+    assert (target / "model.safetensors").stat().st_mtime_ns != weights_mtime
+    assert json.loads((target / "moc_export.json").read_text())["created"] >= created
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
+
+
+def test_interrupted_export_leaves_nothing_and_rerun_succeeds(
+    tmp_path: Path, tiny_bert_dir: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc")
+    real_save = safetensors.torch.save_file
+
+    def crash_mid_write(tensors, filename, metadata=None):
+        # Half a file on disk, then the process "dies".
+        Path(filename).write_bytes(b"\0" * 1024)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_mid_write)
+    crashed = cli("merge-export", run.root, "--format", "bundle")
+    assert crashed.exit_code == 1
+    assert isinstance(crashed.exception, OSError)
+    export_root = run.root / "export"
+    assert list(export_root.iterdir()) == []  # neither the target nor a temp dir remains
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    rerun = cli("merge-export", run.root, "--format", "bundle")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert "exported bundle" in rerun.stderr
+    assert sorted(p.name for p in export_root.iterdir()) == ["bundle"]
+
+
+def test_stale_partial_dir_from_a_killed_export_is_removed(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    stale = run.root / "export" / ".bundle.partial-abc123"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"truncated")
+    result = cli("merge-export", run.root, "--format", "bundle")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (run.root / "export").iterdir()) == ["bundle"]
+
+
+def test_pickle_adapter_is_refused_unless_allowed(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora", safe_serialization=False)
+    assert (run.root / "adapter" / "adapter_model.bin").is_file()
+    refused = cli("merge-export", run.root, "--format", "bundle")
+    assert refused.exit_code == 2
+    assert "refusing to read pickle weight files" in refused.stderr
+    assert "adapter_model.bin" in refused.stderr
+    assert "--allow-pickle" in refused.stderr
+    assert not (run.root / "export").exists()
+
+    allowed = cli("merge-export", run.root, "--format", "bundle", "--allow-pickle")
+    assert allowed.exit_code == 0, allowed.stderr
+
+
+def test_output_option_and_foreign_directory_is_never_overwritten(
+    tmp_path: Path, tiny_bert_dir: Path, cli
+) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    result = cli("merge-export", run.root, "--format", "bundle", "--output", foreign, "--force")
+    assert result.exit_code == 2
+    assert f"{foreign} exists and is not a moc_cli export; choose another --output" in result.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "elsewhere" / "bundle"
+    ok = cli("merge-export", run.root, "--format", "bundle", "--output", out)
+    assert ok.exit_code == 0, ok.stderr
+    assert (out / "moc_export.json").is_file()
+
+
+def test_bad_inputs_name_the_fix(tmp_path: Path, cli) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("merge-export", empty)
+    assert result.exit_code == 2
+    assert "has neither config.yaml (a run directory) nor adapter_config.json" in result.stderr
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: {name_or_path: x}\n")
+    result = cli("merge-export", run)
+    assert result.exit_code == 2
+    assert "has no adapter" in result.stderr and "moc train --resume auto" in result.stderr
+
+
+def test_unknown_format_is_a_usage_error(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    result = cli("merge-export", run.root, "--format", "gguf")
+    assert result.exit_code == 2
+    assert "--format 'gguf' is not one of bundle, merged, onnx" in result.stderr
