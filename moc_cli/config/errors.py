@@ -6,9 +6,16 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# Common spellings that string similarity misses.
+_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     """The closest candidate to a misspelt key or value, or None when nothing is close."""
+    candidates = list(candidates)
+    alias = _ALIASES.get(str(word).lower())
+    if alias in candidates:
+        return alias
     matches = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
     return matches[0] if matches else None
 

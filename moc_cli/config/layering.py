@@ -8,6 +8,7 @@ the whole `method` section, because each method has its own fields.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ Provenance = dict[str, str]
 DEFAULT = "default"
 OVERRIDE = "override"
 _SECTIONS = ("model", "task", "data", "method", "training", "output")
+# YAML 1.1 (pyyaml) reads `3e-4` as a string; on the command line it is meant as a number.
+_EXP_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def read_yaml_mapping(path: Path, label: str) -> dict[str, Any]:
@@ -103,6 +106,8 @@ def parse_override(item: str) -> tuple[str, list[str], Any]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw  # e.g. an unbalanced bracket: keep the text, the schema judges it
+        if isinstance(value, str) and _EXP_FLOAT.match(raw.strip()):
+            value = float(value)
         action = "set"
     parts = key.strip().split(".")
     if not key.strip() or any(not p for p in parts):
@@ -145,12 +150,17 @@ def delete_path(base: dict[str, Any], parts: list[str], prov: Provenance) -> Non
     forget(prov, ".".join(parts))
 
 
+def _rank(source: str) -> int:
+    return {"default": 0, "recipe": 1, "file": 2, "override": 3}.get(source.partition(":")[0], 0)
+
+
 def source_of(path: str, prov: Provenance) -> str | None:
-    """The recorded source of `path`, of its nearest recorded ancestor, or of its first recorded leaf."""
+    """The recorded source of `path` or its nearest recorded ancestor; for a section, the latest
+    layer that set anything inside it (a cross-field check is most likely broken by that layer)."""
     probe = path
     while probe:
         if probe in prov:
             return prov[probe]
         probe = probe.rpartition(".")[0]
-    below = [k for k in prov if k.startswith(path + ".")]
-    return prov[below[0]] if below else None
+    below = [prov[k] for k in prov if k.startswith(path + ".")]
+    return max(below, key=_rank) if below else None

@@ -32,7 +32,7 @@ def _steps_or_ratio(name: str, value: float | int | None) -> float | int | None:
     return value
 
 
-StepsOrRatio = Annotated[float | int, Field(union_mode="left_to_right")]
+StepsOrRatio = Annotated[int | float, Field(union_mode="left_to_right")]
 TargetModules = list[str] | str | None
 
 

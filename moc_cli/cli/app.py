@@ -1,0 +1,75 @@
+"""The `moc` Typer app: one module per command, heavy imports only inside command bodies."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import Annotated
+
+import typer
+
+from moc_cli.cli import eval_cmd, inspect_cmds, train
+
+app = typer.Typer(
+    name="moc",
+    help="Mixture-of-Control (MoC) fine-tuning: recipes for transformers.Trainer with a custom peft tuner.",
+    epilog="Start with `moc ls`, then `moc train --recipe <name> --dry-run`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from moc_cli.cli.inspect_cmds import _version
+
+        typer.echo(f"moc_cli {_version('moc_cli') or '(source tree)'}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print full tracebacks on errors.")
+    ] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never contact the Hugging Face Hub (sets HF_HUB_OFFLINE=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Mixture-of-Control (MoC) fine-tuning CLI."""
+    ctx.obj = {"verbose": verbose}
+    if offline:
+        # Read by huggingface_hub/datasets at import time, which happens later inside commands.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+app.command("train", epilog=train.EPILOG)(train.train)
+app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.eval_)
+app.command("ls", epilog=inspect_cmds.LS_EPILOG)(inspect_cmds.ls)
+app.command("cat", epilog=inspect_cmds.CAT_EPILOG)(inspect_cmds.cat)
+app.command("validate", epilog=inspect_cmds.VALIDATE_EPILOG)(inspect_cmds.validate)
+app.command("env", epilog=inspect_cmds.ENV_EPILOG)(inspect_cmds.env)
+app.command("schema", epilog=inspect_cmds.SCHEMA_EPILOG)(inspect_cmds.schema)
+
+# Commands owned by other modules; registered only when present so the app works in partial checkouts.
+OPTIONAL_COMMANDS = {
+    "merge-export": ("moc_cli.cli.merge_export", "merge_export"),
+    "predict": ("moc_cli.cli.predict", "predict"),
+    "bench": ("moc_cli.cli.bench", "bench"),
+}
+for _name, (_module, _attr) in OPTIONAL_COMMANDS.items():
+    if importlib.util.find_spec(_module) is not None:
+        app.command(_name)(getattr(importlib.import_module(_module), _attr))
+
+
+def main() -> None:
+    """Console-script entry point (`moc`)."""
+    app(prog_name="moc")

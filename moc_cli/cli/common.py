@@ -1,0 +1,89 @@
+"""Helpers shared by the command modules: error reporting, exit codes, override pre-checks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import typer
+
+from moc_cli.config import ConfigError, ConfigIssue, RunConfig, load_run_config
+
+# Exit codes (docs: cli-conventions.md)
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def verbose_enabled() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    obj = root.obj if root is not None and isinstance(root.obj, dict) else {}
+    return bool(obj.get("verbose")) or os.environ.get("MOC_DEBUG", "") not in ("", "0")
+
+
+def fail_config(error: ConfigError) -> typer.Exit:
+    """Print every config issue to stderr; the caller raises the returned Exit (code 2)."""
+    err(error.format())
+    return typer.Exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
+    """Map failures to exit codes: config 2, Ctrl-C 130, anything else 1 with a one-line message."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        raise
+    except ConfigError as exc:
+        raise fail_config(exc) from None
+    except KeyboardInterrupt:
+        err(f"{action} interrupted (Ctrl-C){interrupt_hint}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        if verbose_enabled():
+            traceback.print_exc(file=sys.stderr)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = "" if verbose_enabled() else " (run `moc -v ...` for the traceback)"
+        err(f"error: {action} failed: {type(exc).__name__}: {text}{hint}")
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """Reject malformed `key.path=value` items up front (the config loader repeats this check)."""
+    from moc_cli.config.layering import parse_override
+
+    issues: list[ConfigIssue] = []
+    for item in overrides:
+        try:
+            parse_override(item)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+    if issues:
+        raise fail_config(ConfigError(issues))
+
+
+def quoted(value: str | Path) -> str:
+    """A string value for an override that YAML must not retype (`123` stays a string)."""
+    return json.dumps(str(value))
+
+
+def load_or_exit(
+    recipe: str | None, config_file: Path | None, overrides: list[str]
+) -> tuple[RunConfig, dict[str, str]]:
+    """`load_run_config`, turning ConfigError into exit code 2 with every issue printed."""
+    try:
+        return load_run_config(recipe, str(config_file) if config_file else None, overrides)
+    except ConfigError as exc:
+        raise fail_config(exc) from None

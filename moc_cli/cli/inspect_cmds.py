@@ -1,0 +1,226 @@
+"""Commands that inspect recipes, configs and the environment: ls, cat, validate, env, schema."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from moc_cli.cli.common import err, fail_config, load_or_exit
+from moc_cli.config import (
+    ConfigError,
+    ConfigIssue,
+    list_recipes,
+    recipe_description,
+    render_config,
+    resource_dir,
+)
+from moc_cli.config.errors import did_you_mean
+
+LS_EPILOG = """\
+Examples:
+
+  moc ls
+
+  moc cat glue/sst2
+"""
+CAT_EPILOG = """\
+Examples:
+
+  moc cat glue/sst2
+
+  moc cat glue/sst2 method.name=lora training.learning_rate=5e-4
+"""
+VALIDATE_EPILOG = """\
+Examples:
+
+  moc validate glue/sst2
+
+  moc validate my_recipe.yaml method.r=32
+"""
+ENV_EPILOG = """\
+Examples:
+
+  moc env
+
+  moc env --json > env.json
+"""
+SCHEMA_EPILOG = """\
+Examples:
+
+  moc schema
+
+  moc schema --field training
+
+  moc schema --field method.r
+"""
+
+_OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(help="Overrides `key.path=value`; `~key.path` resets a key.", show_default=False),
+]
+
+
+def ls() -> None:
+    """List the packaged recipes, grouped by suite, with their descriptions."""
+    names = list_recipes()
+    if not names:
+        err(f"no recipes found under {resource_dir('recipes')}")
+        return
+    root = resource_dir("recipes")
+    width = max(len(n) for n in names)
+    suite = None
+    for name in names:
+        head = name.split("/", 1)[0] if "/" in name else "(top level)"
+        if head != suite:
+            if suite is not None:
+                typer.echo("")
+            typer.echo(f"{head}:")
+            suite = head
+        path = next(p for p in (root / f"{name}.yaml", root / f"{name}.yml") if p.is_file())
+        typer.echo(f"  {name.ljust(width)}  {recipe_description(path)}".rstrip())
+
+
+def cat(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `moc ls`) or a path to a recipe YAML.")],
+    overrides: _OverridesArg = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Print a recipe fully resolved, each value commented with its source."""
+    cfg, provenance = load_or_exit(recipe, config, list(overrides or []))
+    typer.echo(render_config(cfg, provenance), nl=False)
+
+
+def validate(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (see `moc ls`) or a path to a recipe YAML.")],
+    overrides: _OverridesArg = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
+    ] = None,
+) -> None:
+    """Check a recipe against the schema plus cheap pre-flight checks (task, model path, data files)."""
+    from moc_cli.config.preflight import preflight
+
+    cfg, provenance = load_or_exit(recipe, config, list(overrides or []))
+    issues = preflight(cfg, provenance)
+    if issues:
+        raise fail_config(ConfigError(issues))
+    typer.echo(
+        f"OK: {recipe} (task {cfg.task.name}, model {cfg.model.name_or_path}, method {cfg.method.name})"
+    )
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_sha(repo: Path) -> str | None:
+    if not (repo / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}{' (modified)' if dirty else ''}"
+
+
+def collect_env() -> dict[str, Any]:
+    """Versions and devices for bug reports (imports torch, nothing else heavy)."""
+    repo = Path(__file__).resolve().parents[2]
+    info: dict[str, Any] = {
+        "moc_cli": _version("moc_cli") or "not installed (source tree)",
+        "moc_cli git": _git_sha(repo) or "n/a",
+        "python": f"{platform.python_version()} ({sys.executable})",
+        "platform": platform.platform(),
+    }
+    for dist in (
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "typer",
+        "pydantic",
+    ):
+        info[dist] = _version(dist) or "not installed"
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["cuda"] = (
+        f"{torch.version.cuda}, {torch.cuda.device_count()} device(s): "
+        + ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        if torch.cuda.is_available()
+        else "not available"
+    )
+    mps = getattr(torch.backends, "mps", None)
+    info["mps"] = "available" if mps is not None and mps.is_available() else "not available"
+    info["cpu threads"] = torch.get_num_threads()
+    return info
+
+
+def env(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Print versions and devices to paste into a bug report."""
+    info = collect_env()
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        typer.echo(f"{key.ljust(width)}  {value}")
+
+
+def schema(
+    field: Annotated[
+        str | None, typer.Option("--field", "-f", help="A key path (training.optim) or a section (training).")
+    ] = None,
+) -> None:
+    """Show every config key with its type, default and help."""
+    from moc_cli.config.schema_info import all_fields
+
+    docs = all_fields()
+    if field is not None:
+        field = field.strip(".")
+        chosen = [d for d in docs if d.path == field or d.path.startswith(field + ".")]
+        if not chosen:
+            leaf_paths = sorted({d.path for d in docs})
+            raise fail_config(
+                ConfigError(
+                    ConfigIssue("--field", f"unknown key {field!r}", None, did_you_mean(field, leaf_paths))
+                )
+            )
+        docs = chosen
+    for doc in docs:
+        if doc.type == "section":
+            typer.echo(f"{doc.label}  (section)  {doc.help}")
+            continue
+        typer.echo(f"{doc.label}: {doc.type} = {doc.default}")
+        if doc.help:
+            typer.echo(f"    {doc.help}")

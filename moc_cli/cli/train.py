@@ -1,0 +1,103 @@
+"""`moc train`: resolve and validate the config, then hand it to the training runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from moc_cli.cli.common import EXIT_USAGE, cli_errors, err, fail_config, load_or_exit, quoted
+from moc_cli.config import ConfigError, ConfigIssue, render_config
+
+EPILOG = """\
+Examples:
+
+  moc train --recipe glue/sst2
+
+  moc train --recipe glue/sst2 method.r=8 training.max_steps=200 --output-dir runs/sst2-r8
+
+  moc train --recipe glue/sst2 --config my.yaml method.name=lora --dry-run
+
+  moc train --recipe glue/sst2 --resume auto --output-dir runs/sst2-r8
+"""
+
+
+def train(
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Overrides `key.path=value` (YAML-typed: 3e-4, true, \\[a,b]); `~key.path` resets a key. "
+            "Keys: `moc schema`.",
+            show_default=False,
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe", "-r", help="Packaged recipe name (see `moc ls`) or a path to a recipe YAML."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the resolved config with each value's source and exit."),
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="`auto` (latest checkpoint in the run dir) or a checkpoint directory."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Run directory (same as output.dir=DIR).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Allow a non-empty run directory (output.overwrite=true).")
+    ] = False,
+    no_progress: Annotated[
+        bool,
+        typer.Option("--no-progress", help="No progress bar, plain log lines only (output.progress=plain)."),
+    ] = False,
+) -> None:
+    """Fine-tune a model from a recipe: defaults -> recipe -> --config -> overrides (later wins).
+
+    The config is validated completely (every error listed, exit code 2) before anything loads.
+    """
+    items = list(overrides or [])
+    if output_dir is not None:
+        items.append(f"output.dir={quoted(output_dir)}")
+    if overwrite:
+        items.append("output.overwrite=true")
+    if no_progress:
+        items.append("output.progress=plain")
+    if recipe is None and config is None:
+        err("error: give --recipe NAME (see `moc ls`) or --config FILE")
+        raise typer.Exit(EXIT_USAGE)
+
+    cfg, provenance = load_or_exit(recipe, config, items)
+    if resume is not None and resume != "auto" and not Path(resume).expanduser().is_dir():
+        raise fail_config(
+            ConfigError(
+                ConfigIssue("--resume", f"checkpoint directory not found: {resume}; use `auto` or a path")
+            )
+        )
+    if dry_run:
+        typer.echo(f"# moc train --dry-run: resolved config for {cfg.recipe or config} (nothing was run)")
+        typer.echo(render_config(cfg, provenance), nl=False)
+        return
+
+    from moc_cli.config.preflight import preflight
+
+    issues = preflight(cfg, provenance)
+    if issues:
+        raise fail_config(ConfigError(issues))
+
+    hint = "; the last checkpoint is kept: continue with `moc train ... --resume auto`"
+    with cli_errors("training", interrupt_hint=hint):
+        from moc_cli.training import run_training
+
+        run_dir = run_training(cfg, provenance, resume)
+    typer.echo(f"run directory: {run_dir}")
+    typer.echo(f"next: moc eval {run_dir}   |   moc merge-export {run_dir}")

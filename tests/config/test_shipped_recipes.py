@@ -1,0 +1,27 @@
+"""Every recipe shipped under recipes/ validates: schema plus the cheap pre-flight checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moc_cli.config import list_recipes, load_run_config, resource_dir
+from moc_cli.config.preflight import preflight
+
+RECIPES = list_recipes()
+
+
+def test_recipe_tree_is_the_repository_one() -> None:
+    assert resource_dir("recipes") == Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("name", RECIPES or ["<none>"])
+def test_shipped_recipe_validates(name: str) -> None:
+    if name == "<none>":
+        pytest.skip("no recipes shipped yet under recipes/")
+    cfg, provenance = load_run_config(name, None, [])
+    assert cfg.description.strip(), f"recipe {name} needs a one-line `description:` for `moc ls`"
+    assert cfg.task.name, name
+    issues = preflight(cfg, provenance)
+    assert issues == [], "\n".join(str(i) for i in issues)
