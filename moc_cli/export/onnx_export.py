@@ -47,14 +47,19 @@ class _LogitsOnly:
         return LogitsOnly().eval()
 
 
-def sample_inputs(tokenizer: Any, model: nn.Module) -> dict[str, Any]:
-    """Padded tokenised samples with the inputs the model's forward accepts."""
+def model_input_names(model: nn.Module, available: list[str]) -> list[str]:
+    """Inputs among `available` that the model's forward names explicitly (not via **kwargs)."""
     import inspect
 
-    encoded = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
-    accepted = set(inspect.signature(model.forward).parameters)
+    named = set(inspect.signature(model.forward).parameters)
     order = ["input_ids", "attention_mask", "token_type_ids"]
-    return {k: encoded[k] for k in order if k in encoded and (k in accepted or "kwargs" in accepted)}
+    return [k for k in order if k in available and k in named] or [k for k in order[:2] if k in available]
+
+
+def sample_inputs(tokenizer: Any, model: nn.Module) -> dict[str, Any]:
+    """Padded tokenised samples with the inputs the model's forward takes."""
+    encoded = tokenizer(SAMPLE_TEXTS, padding=True, return_tensors="pt")
+    return {k: encoded[k] for k in model_input_names(model, list(encoded.keys()))}
 
 
 def export_onnx(model: nn.Module, tokenizer: Any, causal: bool, folder: Path) -> dict[str, Any]:

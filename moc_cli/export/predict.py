@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from moc_cli.export.bundle import MANIFEST
 from moc_cli.export.errors import ExportError
+from moc_cli.export.onnx_export import model_input_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -148,6 +149,9 @@ def _generate(predictor: Predictor, batch: list[Input], max_new_tokens: int) -> 
     encoded = tokenizer(prompts, padding=True, return_tensors="pt")
     model = predictor.model
     generate = getattr(model, "generate", None) or model.model.generate
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # Tokenizers of encoder families also emit token_type_ids, which decoders reject in generate().
+    encoded = {k: encoded[k] for k in model_input_names(base, list(encoded.keys()))}
     with torch.no_grad():
         out = generate(
             **encoded,
