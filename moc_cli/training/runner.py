@@ -123,8 +123,13 @@ def _config_yaml(cfg: Any, cfg_data: dict[str, Any], provenance: dict[str, str])
     return yaml.safe_dump(cfg_data, sort_keys=False, allow_unicode=True)
 
 
-def run_training(cfg: Any, provenance: dict[str, str], resume: str | None = None) -> Path:
+def run_training(
+    cfg: Any, provenance: dict[str, str], resume: str | None = None, callbacks: list[Any] | None = None
+) -> Path:
     """Train as configured and return the run directory (see docs/ARCHITECTURE.md for its layout).
+
+    `callbacks` are extra TrainerCallbacks (library use, tests); they run before the runner's
+    Ctrl-C handling in every event.
 
     Raises RunSetupError for unusable settings (before anything heavy runs where possible) and
     RunInterrupted (a KeyboardInterrupt) after saving a resumable checkpoint on Ctrl-C.
@@ -156,11 +161,16 @@ def run_training(cfg: Any, provenance: dict[str, str], resume: str | None = None
         atomic_write_text(run.config, _config_yaml(cfg, cfg_data, provenance))
         write_json(run.env, environment_record(cfg_data.get("seed"), provenance))
 
-    return _train(cfg_data, run, resume_from, started, record_run)
+    return _train(cfg_data, run, resume_from, started, record_run, list(callbacks or []))
 
 
 def _train(
-    cfg_data: dict[str, Any], run: RunDir, resume_from: Path | None, started: float, record_run: Any
+    cfg_data: dict[str, Any],
+    run: RunDir,
+    resume_from: Path | None,
+    started: float,
+    record_run: Any,
+    extra_callbacks: list[Any],
 ) -> Path:
     import transformers
     from transformers import PrinterCallback, Trainer
@@ -223,6 +233,7 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=training_cfg["early_stopping_patience"])
         )
+    callbacks.extend(extra_callbacks)
     callbacks.append(interrupt)
 
     trainer = Trainer(

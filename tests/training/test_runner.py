@@ -1,0 +1,213 @@
+"""run_training / run_eval on a tiny random BERT and real SST-2 rows: resume, seeds, Ctrl-C, reload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from moc_cli.training import RunInterrupted, RunSetupError, run_eval, run_training
+from moc_cli.training.callbacks import read_metrics
+from moc_cli.training.run_dir import is_complete_checkpoint
+
+MOC = ("method.name=moc", "method.expert_compute=dense")
+
+
+def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    return [
+        (e["step"], e["loss"]) for e in read_metrics(run / "logs" / "metrics.jsonl") if e["kind"] == "train"
+    ]
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "eval" / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, sst2_dir: Path) -> dict:
+    """An uninterrupted 8-step MoC run (checkpoints at 4 and 8), kept as the reference."""
+    from moc_cli.config import load_run_config
+
+    root = tmp_path_factory.mktemp("reference")
+    overrides = [*_base_overrides(tiny_bert, sst2_dir), *MOC]
+
+    def config(out: Path, *extra: str):
+        return load_run_config(None, None, [*overrides, f"output.dir={out}", *extra])
+
+    cfg, prov = config(root / "run")
+    run = run_training(cfg, prov, None)
+    return {
+        "run": run,
+        "config": config,
+        "root": root,
+        "tensors": adapter_tensors(run),
+        "results": results(run),
+    }
+
+
+def _base_overrides(tiny_bert: Path, sst2_dir: Path) -> list[str]:
+    return [
+        f"model.name_or_path={tiny_bert}",
+        "task.name=glue/sst2",
+        "task.max_length=32",
+        f"data.files.train={sst2_dir / 'train.jsonl'}",
+        f"data.files.validation={sst2_dir / 'validation.jsonl'}",
+        "data.max_train_samples=64",
+        "data.max_eval_samples=32",
+        "training.max_steps=8",
+        "training.learning_rate=0.01",
+        "training.per_device_train_batch_size=8",
+        "training.per_device_eval_batch_size=16",
+        "training.logging_steps=2",
+        "training.eval_strategy=steps",
+        "training.eval_steps=4",
+        "training.save_strategy=steps",
+        "training.save_steps=4",
+        "training.save_total_limit=null",
+        "training.warmup_steps=0",
+        "output.progress=plain",
+    ]
+
+
+def test_reference_run_layout_and_metrics(reference_run: dict) -> None:
+    run = reference_run["run"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    events = read_metrics(run / "logs" / "metrics.jsonl")
+    assert [(e["step"], e["kind"]) for e in events] == [
+        (2, "train"),
+        (4, "train"),
+        (4, "eval"),
+        (6, "train"),
+        (8, "train"),
+        (8, "eval"),
+        (8, "train_end"),
+        (8, "final_eval"),
+    ]
+    # MoC routing metrics ride along with every training log event.
+    for event in events:
+        if event["kind"] == "train":
+            assert {"moc_balance_loss", "moc_routing_entropy", "moc_expert_utilization"} <= set(event)
+    res = reference_run["results"]
+    final = next(e for e in events if e["kind"] == "final_eval")
+    assert res["metrics"]["validation"]["eval_accuracy"] == final["eval_accuracy"]
+    assert res["metrics"]["validation"]["eval_loss"] == final["eval_loss"]
+    assert res["main_metric"] == "eval_accuracy"
+    assert res["summary"]["global_step"] == 8
+    assert 0 < res["summary"]["trainable_parameters"] < res["summary"]["total_parameters"]
+    assert set(res["routing"]["routing_matrix"]) == {"block"}
+    assert (run / "plots" / "routing_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(reference_run: dict) -> None:
+    work = reference_run["root"] / "resumed"
+    shutil.copytree(reference_run["run"], work)
+    # Simulate a run that died right after step 4's checkpoint.
+    for name in ("checkpoints/checkpoint-8", "adapter", "eval", "plots"):
+        shutil.rmtree(work / name)
+    cfg, prov = reference_run["config"](work)
+    run = run_training(cfg, prov, "auto")
+
+    assert_same_tensors(adapter_tensors(run), reference_run["tensors"])
+    assert results(run)["metrics"] == reference_run["results"]["metrics"]
+    assert losses(run) == losses(reference_run["run"])
+    kinds = [(e["step"], e["kind"]) for e in read_metrics(run / "logs" / "metrics.jsonl")]
+    assert kinds == [
+        (e["step"], e["kind"]) for e in read_metrics(reference_run["run"] / "logs" / "metrics.jsonl")
+    ]
+
+
+class _InterruptAt(TrainerCallback):
+    def __init__(self, step: int, how: str) -> None:
+        self.step, self.how = step, how
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            if self.how == "signal":
+                signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers
+            else:
+                raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("how", ["signal", "exception"])
+def test_ctrl_c_saves_a_resumable_checkpoint(reference_run: dict, how: str, capsys) -> None:
+    out = reference_run["root"] / f"interrupted-{how}"
+    cfg, prov = reference_run["config"](out)
+    handler_before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RunInterrupted) as info:
+        run_training(cfg, prov, None, callbacks=[_InterruptAt(3, how)])
+    assert isinstance(info.value, KeyboardInterrupt)
+    checkpoint = out / "checkpoints" / "checkpoint-3"
+    assert info.value.checkpoint == str(checkpoint)
+    assert is_complete_checkpoint(checkpoint)
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    assert not (out / "adapter").exists()
+    assert f"saved a resumable checkpoint at {checkpoint}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+    run = run_training(cfg, prov, "auto")
+    # Trainer restores optimizer, scheduler, RNG and data position: same weights, same metrics.
+    assert_same_tensors(adapter_tensors(run), reference_run["tensors"])
+    assert results(run)["metrics"] == reference_run["results"]["metrics"]
+
+
+def test_eval_reproduces_train_time_metrics(reference_run: dict) -> None:
+    run = reference_run["root"] / "for-eval"
+    shutil.copytree(reference_run["run"], run)
+    metrics = run_eval(run, None, [])
+    assert metrics == reference_run["results"]["metrics"]["validation"]
+    saved = results(run)
+    assert saved["metrics"]["validation"] == metrics
+    assert saved["summary"] == reference_run["results"]["summary"]  # train-time summary kept
+    assert saved["evaluations"][-1]["split"] == "validation"
+
+
+def test_eval_of_a_bare_adapter_dir_needs_the_task(reference_run: dict, tmp_path: Path) -> None:
+    adapter = tmp_path / "adapter"
+    shutil.copytree(reference_run["run"] / "adapter", adapter)
+    with pytest.raises(RunSetupError, match=r"task\.name=glue/sst2"):
+        run_eval(adapter, None, [])
+
+
+def test_same_seed_gives_identical_losses(make_config, tmp_path: Path) -> None:
+    short = (
+        "training.max_steps=3",
+        "training.logging_steps=1",
+        'training.eval_strategy="no"',
+        'training.save_strategy="no"',
+    )
+    runs = [run_training(make_config(*short, output=tmp_path / name), {}, None) for name in ("a", "b")]
+    first, second = (losses(run) for run in runs)
+    assert [step for step, _ in first] == [1, 2, 3]
+    assert first == second
+    assert_same_tensors(adapter_tensors(runs[0]), adapter_tensors(runs[1]))
+    other = run_training(make_config(*short, "seed=7", output=tmp_path / "c"), {}, None)
+    assert losses(other) != first
+
+
+def test_refuses_non_empty_output_dir_before_loading_anything(make_config, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cfg = make_config(output=out)
+    with pytest.raises(RunSetupError) as info:
+        run_training(cfg, {}, None)
+    assert f"output directory {out} is not empty; pass --overwrite" in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
