@@ -1,0 +1,268 @@
+"""Routing semantics: balance loss, padding, statistics and the exact special cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from moc_tuner_testkit import HIDDEN, LAYERS, tiny
+from peft import get_peft_model
+
+from moc_cli import MocConfig
+from moc_cli.tuner import reset_routing_stats, routing_stats
+from moc_cli.tuner.architectures import resolve_plan
+from moc_cli.tuner.functional import dense_mixture, sparse_mixture
+
+
+def _randomize(model, std: float = 0.3, seed: int = 7) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".moc_state." in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def test_balance_loss_added_in_training_only_and_ignores_padding() -> None:
+    t = tiny("bert")
+    model = get_peft_model(t.build(), MocConfig(r=4, task_type="SEQ_CLS", aux_loss_coef=0.5))
+    _randomize(model)
+    batch = t.batch()
+
+    model.eval()
+    with torch.no_grad():
+        eval_loss = model(**batch).loss
+        plain = model.get_base_model()  # same modules: the task loss alone via the classifier head
+        logits = plain(**t.model_inputs).logits
+    task = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    assert torch.equal(eval_loss, task)
+    eval_balance = routing_stats(model)["balance_loss"]
+
+    for module in model.modules():  # no dropout: training and eval forwards then route identically
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.train()
+    train_loss = model(**batch).loss
+    balance = routing_stats(model)["balance_loss"]
+    assert balance == eval_balance
+    assert balance is not None and balance > 0
+    torch.testing.assert_close(train_loss, task + 0.5 * balance)
+    assert train_loss.requires_grad
+
+    # changing the content of padded positions changes nothing in the balance loss or the usage counts
+    model.eval()
+    reset_routing_stats(model)
+    with torch.no_grad():
+        model(**batch)
+    first = routing_stats(model)
+    ids = batch["input_ids"].clone()
+    ids[batch["attention_mask"] == 0] = (ids[batch["attention_mask"] == 0] + 17) % 60 + 3
+    reset_routing_stats(model)
+    with torch.no_grad():
+        model(**{**batch, "input_ids": ids})
+    second = routing_stats(model)
+    assert first["balance_loss"] == second["balance_loss"]
+    assert first["expert_usage"] == second["expert_usage"]
+    n_real = int(batch["attention_mask"].sum())
+    usage = first["expert_usage"]["block"]
+    assert len(usage) == LAYERS and all(len(row) == LAYERS and sum(row) == n_real for row in usage)
+
+
+def test_balance_loss_value_matches_reference_and_trainer_style_loss() -> None:
+    t = tiny("llama")
+    cfg = MocConfig(r=4, task_type="CAUSAL_LM", variant="ffn", aux_loss_coef=0.25)
+    model = get_peft_model(t.build(), cfg)
+    _randomize(model)
+    base = model.get_base_model()
+    plan = resolve_plan(base, cfg)
+    # capture u of every ffn site (input of post_attention_layernorm) to rebuild the router by hand
+    us = {}
+    hooks = [
+        base.get_submodule(f"{name}.post_attention_layernorm").register_forward_pre_hook(
+            lambda m, a, i=i: us.__setitem__(i, a[0].detach())
+        )
+        for i, name in enumerate(plan.layer_names)
+    ]
+    model.train()
+    out = model(**t.batch())
+    for h in hooks:
+        h.remove()
+    w = model.base_model.moc_state["default"].router["ffn"][0].detach()
+    mask = t.inputs["attention_mask"].reshape(-1).bool()
+    terms = []
+    for i in range(LAYERS):
+        p = torch.softmax(us[i].reshape(-1, HIDDEN) @ w.t(), -1)[mask]
+        f = torch.bincount(p.argmax(-1), minlength=LAYERS).double() / p.shape[0]
+        terms.append(LAYERS * (f * p.double().mean(0)).sum())
+    ref_balance = float(torch.stack(terms).mean())
+    stats = routing_stats(model)
+    assert stats["balance_loss"] == pytest.approx(ref_balance, rel=1e-5)
+    with torch.no_grad():
+        model.eval()
+        task_only = model(**t.batch()).loss
+    # dropout is 0 in these tiny decoders: the training loss is task + lambda * balance
+    assert out.loss.item() == pytest.approx(task_only.item() + 0.25 * ref_balance, rel=1e-5)
+    assert sum(sum(r) for r in stats["routing_matrix"]["ffn"][0:1]) == pytest.approx(1.0)
+    ent = stats["routing_entropy"]
+    assert ent is not None and 0 <= ent <= math.log(LAYERS) + 1e-6
+
+
+def _control_reference(base, t, cfg, state) -> torch.Tensor:
+    """Hand-written per-block Control: hooks add s * B_l A_l u at each ffn site of a LLaMA model."""
+    plan = resolve_plan(base, cfg)
+    handles, stash = [], {}
+    for i, name in enumerate(plan.layer_names):
+        layer = base.get_submodule(name)
+        a = state.A["ffn"][i].detach()
+        b = state.Bt["ffn"][i].detach().t()
+        handles.append(
+            layer.post_attention_layernorm.register_forward_pre_hook(
+                lambda m, args, i=i: stash.__setitem__(i, args[0])
+            )
+        )
+        handles.append(
+            layer.mlp.register_forward_hook(
+                lambda m, args, out, i=i, a=a, b=b: out + ((stash[i] @ a.t()) @ b.t()) * cfg.control_scale
+            )
+        )
+    try:
+        with torch.no_grad():
+            return base(**t.model_inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("kw", [{"global_control": False}, {"alpha": 1.0}])
+def test_control_baseline_is_exact(kw: dict) -> None:
+    t = tiny("llama")
+    cfg = MocConfig(r=4, task_type="CAUSAL_LM", variant="ffn", **kw)
+    model = get_peft_model(t.build(), cfg)
+    _randomize(model)
+    state = model.base_model.moc_state["default"]
+    assert len(state.router) == 0  # no router parameters at all
+    with torch.no_grad():
+        moc = model(**t.model_inputs).logits
+    fresh = t.build()
+    ref = _control_reference(fresh, t, cfg, state)
+    assert torch.equal(moc, ref)
+
+
+def test_dense_soft_mixture_special_case() -> None:
+    t = tiny("llama")
+    cfg = MocConfig(
+        r=4, task_type="CAUSAL_LM", variant="ffn", top_k=LAYERS, alpha=0.0, renormalize_topk=False
+    )
+    model = get_peft_model(t.build(), cfg)
+    _randomize(model)
+    state = model.base_model.moc_state["default"]
+    with torch.no_grad():
+        moc = model(**t.model_inputs).logits
+    base = t.build()
+    plan = resolve_plan(base, cfg)
+    w = state.router["ffn"][0].detach()
+    a_all, b_all = state.A["ffn"].detach(), state.Bt["ffn"].detach()
+    stash, handles = {}, []
+
+    def mix(u):  # c(u) = sum_j softmax(W u)_j B_j A_j u
+        p = torch.softmax(u @ w.t(), -1)
+        return sum(p[..., j : j + 1] * ((u @ a_all[j].t()) @ b_all[j]) for j in range(LAYERS))
+
+    for i, name in enumerate(plan.layer_names):
+        layer = base.get_submodule(name)
+        handles.append(
+            layer.post_attention_layernorm.register_forward_pre_hook(
+                lambda m, args, i=i: stash.__setitem__(i, args[0])
+            )
+        )
+        handles.append(layer.mlp.register_forward_hook(lambda m, args, out, i=i: out + mix(stash[i])))
+    with torch.no_grad():
+        ref = base(**t.model_inputs).logits
+    torch.testing.assert_close(moc, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_sparse_function_matches_dense_autograd(m: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, e, r, d = 11, 5, 3, 8
+    u = torch.randn(n, d, generator=gen, requires_grad=True)
+    a = torch.randn(e, r, d, generator=gen, requires_grad=True)
+    bt = torch.randn(e, r, d, generator=gen, requires_grad=True)
+    idx = torch.randint(0, e, (n, m), generator=gen)
+    coef = torch.rand(n, m, generator=gen, requires_grad=True)
+    outs, grads = [], []
+    for fn in (sparse_mixture, dense_mixture):
+        out = fn(u, a, bt, idx, coef, 1.5)
+        g = torch.autograd.grad((out * torch.linspace(-1, 1, d)).sum(), (u, a, bt, coef))
+        outs.append(out)
+        grads.append(g)
+    torch.testing.assert_close(outs[0], outs[1])
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1)
+    assert torch.autograd.gradcheck(
+        lambda *x: sparse_mixture(*x[:3], idx, x[3], 1.5),
+        (
+            u.double().detach().requires_grad_(),
+            a.double().detach().requires_grad_(),
+            bt.double().detach().requires_grad_(),
+            coef.double().detach().requires_grad_(),
+        ),
+    )
+
+
+def test_expert_compute_modes_agree_and_options() -> None:
+    t = tiny("bert")
+    results = {}
+    for mode in ("sparse", "dense", "auto"):
+        model = get_peft_model(t.build(), MocConfig(r=4, task_type="SEQ_CLS", expert_compute=mode, top_k=2))
+        _randomize(model)
+        model.train()
+        torch.manual_seed(0)
+        loss = model(**t.batch()).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[mode] = (loss.detach(), grads)
+    for mode in ("dense", "auto"):
+        torch.testing.assert_close(results[mode][0], results["sparse"][0])
+        for name, g in results["sparse"][1].items():
+            torch.testing.assert_close(results[mode][1][name], g, msg=name)
+
+
+def test_options_exclude_self_per_layer_bias_learnable_alpha() -> None:
+    t = tiny("bert")
+    cfg = MocConfig(
+        r=4,
+        task_type="SEQ_CLS",
+        variant="both-separate",
+        exclude_self=True,
+        router_scope="per_layer",
+        router_bias=True,
+        learnable_alpha=True,
+        renormalize_topk=True,
+        router_temperature=0.5,
+    )
+    model = get_peft_model(t.build(), cfg)
+    n_moc = sum(p.numel() for n, p in model.named_parameters() if ".moc_state." in n)
+    s, e, d = 2, LAYERS, HIDDEN
+    assert n_moc == s * e * 2 * d * 4 + 2 * e * (d * e + e) + s * e
+    _randomize(model)
+    model.eval()
+    with torch.no_grad():
+        model(**t.model_inputs)
+    usage = routing_stats(model)["expert_usage"]
+    assert set(usage) == {"attn", "ffn"}
+    for rows in usage.values():
+        for layer, row in enumerate(rows):
+            assert row[layer] == 0  # never routed to itself
+    model.train()
+    model(**t.batch()).loss.backward()
+    alpha = model.base_model.moc_state["default"].alpha_logit
+    assert alpha.grad is not None and bool((alpha.grad != 0).all())
+
+
+def test_top_k_larger_than_experts_is_rejected() -> None:
+    t = tiny("bert")
+    with pytest.raises(
+        ValueError, match=r"MocConfig.top_k=3 is invalid for 3 controlled layers with exclude_self"
+    ):
+        get_peft_model(t.build(), MocConfig(task_type="SEQ_CLS", top_k=3, exclude_self=True))
