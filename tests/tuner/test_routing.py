@@ -197,7 +197,7 @@ def test_sparse_function_matches_dense_autograd(m: int) -> None:
         outs.append(out)
         grads.append(g)
     torch.testing.assert_close(outs[0], outs[1])
-    for g0, g1 in zip(*grads):
+    for g0, g1 in zip(*grads, strict=True):
         torch.testing.assert_close(g0, g1)
     assert torch.autograd.gradcheck(
         lambda *x: sparse_mixture(*x[:3], idx, x[3], 1.5),
