@@ -12,11 +12,12 @@ METHOD_NAMES = ("moc", "control", "lora", "dora", "ia3", "full", "molex")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
-# MoC (see docs: moc-method.md, "Variants" and the [choice] options)
-MOC_VARIANTS = ("ffn", "attn", "both-separate", "both-shared")
-ROUTER_SCOPES = ("global", "per-layer")
-INIT_A = ("kaiming", "gaussian")
-EXPERT_COMPUTE = ("fused", "dense", "grouped")
+# MoC: the same tuples as moc_cli.tuner.config (checked by tests/config/test_choices.py)
+MOC_VARIANTS = ("ffn", "attn", "both-separate", "both-shared", "block")
+ROUTER_SCOPES = ("global", "per_layer")
+INIT_A = ("kaiming", "normal")
+EXPERT_COMPUTE = ("sparse", "dense", "auto")
+MOLEX_ROUTING = ("sequence", "token")  # moc_cli.baselines.molex.config.ROUTING_CHOICES
 
 # transformers.trainer_utils.SchedulerType values
 LR_SCHEDULER_TYPES = (

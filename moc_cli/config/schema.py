@@ -99,35 +99,56 @@ class _ControlFields(Section):
     )
     top_k: int = Field(1, gt=0, description="Experts picked per token by the router.")
     variant: Literal[C.MOC_VARIANTS] = Field(
-        "both-shared", description="Control sites and routers: ffn | attn | both-separate | both-shared."
+        "both-shared",
+        description="Control sites and routers: ffn | attn | both-separate | both-shared | block (whole layer).",
     )
     global_control: bool = Field(
         True, description="Route across layers (MoC); false gives per-block Control."
     )
     router_scope: Literal[C.ROUTER_SCOPES] = Field(
-        "global", description="One router shared by all layers of a site type, or one per layer."
+        "global",
+        description="global: one router shared by all layers of a site type; per_layer: one per layer.",
     )
     router_temperature: float = Field(1.0, gt=0.0, description="Softmax temperature tau of the router.")
+    router_bias: bool = Field(False, description="Give each router a bias of E parameters.")
     renormalize_topk: bool = Field(False, description="Renormalise the top-k gate weights to sum to 1.")
     exclude_self: bool = Field(False, description="Forbid a layer from picking its own control as expert.")
     aux_loss_coef: float = Field(0.01, ge=0.0, description="Load-balancing loss weight lambda.")
     init_a: Literal[C.INIT_A] = Field(
-        "kaiming", description="Init of A: kaiming (uniform, a=sqrt 5) or gaussian N(0, 0.02)."
+        "kaiming", description="Init of A: kaiming (uniform, a=sqrt 5) or normal N(0, 0.02); B starts at 0."
     )
     expert_compute: Literal[C.EXPERT_COMPUTE] = Field(
-        "fused", description="Expert computation path: fused (saves O(k r) per token), dense, or grouped."
+        "auto",
+        description="sparse: fused autograd saving ~E+2r numbers per token; dense: all E*r rows; "
+        "auto: sparse when training, dense under no_grad.",
     )
     layers_pattern: str | None = Field(
-        None, description="Name of the ModuleList holding the transformer layers; null auto-detects."
+        None,
+        description="Dotted path of the ModuleList of transformer layers (e.g. encoder.layer); null uses the "
+        "architecture map.",
     )
     target_modules: TargetModules = Field(
         None,
-        description="Module-name patterns or roles where controls attach; null uses the variant's sites.",
+        description="Restrict controlled layers: a regex (full match) or names/suffixes of layer modules.",
+    )
+    layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Restrict the controlled layers to these indices of the layer list."
+    )
+    exclude_modules: TargetModules = Field(None, description="Module names excluded from targeting.")
+    architecture: dict[str, Any] | None = Field(
+        None,
+        description="Override of the architecture map entry: {layers: path, sites: {attn: {writer, reader}, ...}}.",
     )
     modules_to_save: list[str] | None = Field(
         None,
         description="Extra modules trained and saved in full (classifier heads are added automatically).",
     )
+
+    @model_validator(mode="after")
+    def _alpha_learnable(self) -> _ControlFields:
+        if self.learnable_alpha and not 0.0 < self.alpha < 1.0:
+            raise ValueError("learnable_alpha=true needs alpha strictly between 0 and 1")
+        return self
 
 
 class MocMethod(_ControlFields):
@@ -192,9 +213,18 @@ class FullMethod(Section):
 class MolexMethod(Section):
     name: Literal["molex"] = Field(description="MoLEx baseline: mixture of pretrained layer experts.")
     alpha: float = Field(0.95, ge=0.0, le=1.0, description="Weight of the layer's own output in the mix.")
-    top_k: int = Field(1, gt=0, description="Layer experts picked per token.")
+    top_k: int = Field(1, gt=0, description="Layer experts picked per routing decision.")
     layers_pattern: str | None = Field(
-        None, description="Name of the ModuleList holding the transformer layers; null auto-detects."
+        None,
+        description="Dotted path of the ModuleList of transformer layers; null uses the model type's default.",
+    )
+    router_temperature: float = Field(1.0, gt=0.0, description="Softmax temperature of the routers.")
+    routing: Literal[C.MOLEX_ROUTING] = Field(
+        "sequence", description="sequence: one choice per sequence (not causal); token: one per token."
+    )
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="Extra modules trained and saved in full (classifier heads are added automatically).",
     )
 
 

@@ -208,7 +208,7 @@ def test_bad_enum_value_suggests(recipes_root: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_run_config("glue/sst2", None, ["method.variant=both_shared"])
     assert _messages(exc) == [
-        "method.variant: 'both_shared' is not allowed; expected one of: ffn, attn, both-separate, both-shared; "
+        "method.variant: 'both_shared' is not allowed; expected one of: ffn, attn, both-separate, both-shared, block; "
         "did you mean 'both-shared'? [from override]"
     ]
 
