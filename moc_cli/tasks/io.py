@@ -44,7 +44,8 @@ def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
             )
         return records
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks on U+0085/U+2028 found inside JSON strings
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -133,10 +133,7 @@ class MultiRC(SuperGlueTask):
     ) -> datasets.DatasetDict:
         feats = super().preprocess(raw, tokenizer, max_length)
         for split, ds in raw.items():
-            # one id per (paragraph, question): the unit of MultiRC's exact match
-            ids: dict[tuple[int, int], int] = {}
-            groups = [ids.setdefault((i["paragraph"], i["question"]), len(ids)) for i in ds["idx"]]
-            feats[split] = feats[split].add_column("group_id", groups)
+            feats[split] = feats[split].add_column("group_id", multirc_group_ids(ds["idx"]))
         return feats
 
     def make_compute_metrics(
@@ -149,6 +146,12 @@ class MultiRC(SuperGlueTask):
             return multirc_scores(preds, np.asarray(p.label_ids), groups)
 
         return compute_metrics
+
+
+def multirc_group_ids(idx: list[dict[str, int]]) -> list[int]:
+    """One id per (paragraph, question), numbered in order of appearance: MultiRC's exact-match unit."""
+    ids: dict[tuple[int, int], int] = {}
+    return [ids.setdefault((i["paragraph"], i["question"]), len(ids)) for i in idx]
 
 
 def record_passage(passage: str) -> str:

@@ -66,7 +66,7 @@ def test_pair_encoding_matches_tokenizer(data_dir: Path, minilm_tokenizer):
     )
     assert list(raw) == ["validation"]
     feats = task.preprocess(raw, minilm_tokenizer, 128)["validation"]
-    first = json.loads((data_dir / "glue/rte/validation.jsonl").read_text().splitlines()[0])
+    first = json.loads((data_dir / "glue/rte/validation.jsonl").read_text(encoding="utf-8").split("\n")[0])
     ref = minilm_tokenizer(first["sentence1"], first["sentence2"], truncation=True, max_length=128)
     assert feats[0]["input_ids"] == ref["input_ids"]
     assert feats[0]["token_type_ids"] == ref["token_type_ids"]
