@@ -94,7 +94,7 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
 
     Writes them into `eval/results.json` under `metrics[split]` (other content is kept).
     """
-    from transformers import Trainer
+    from transformers import PrinterCallback, Trainer
 
     from moc_cli.training.arguments import training_arguments
     from moc_cli.training.callbacks import should_show_bar
@@ -142,6 +142,8 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
         processing_class=tokenizer,
         data_collator=task.data_collator(tokenizer),
     )
+    # PrinterCallback would print the raw metrics dict to stdout (the CLI prints them itself).
+    trainer.remove_callback(PrinterCallback)
     metrics = _evaluate_split(trainer, task, data, split)
     if task.kind == "causal_lm":
         metrics.update(_generation_metrics(model, tokenizer, task, data, split, eval_dir))

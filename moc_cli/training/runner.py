@@ -100,6 +100,8 @@ def _save_final_adapter(trainer: Trainer, run: RunDir, card: str) -> None:
     tmp = temp_dir_beside(run.adapter)
     try:
         trainer.save_model(str(tmp))
+        # A pickle of TrainingArguments; config.yaml already records them, and loading needs no pickle.
+        (tmp / "training_args.bin").unlink(missing_ok=True)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         replace_dir(tmp, run.adapter)
     except BaseException:
