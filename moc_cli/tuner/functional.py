@@ -66,7 +66,11 @@ class _SparseMixture(torch.autograd.Function):
             out = mixed.view(n, e * r) @ bt_flat
             if scale != 1.0:
                 out = out * scale
-        ctx.save_for_backward(u, a_pool, bt_pool, idx, coef, z_sel)
+        # indices are kept as int16 when they fit (E <= 32767): 2 instead of 8 bytes per entry
+        # (an expanded constant index, as for Control, already costs nothing and stays as is)
+        compact = e <= torch.iinfo(torch.int16).max and idx.stride(0) != 0
+        small_idx = idx.to(torch.int16) if compact else idx
+        ctx.save_for_backward(u, a_pool, bt_pool, small_idx, coef, z_sel)
         ctx.scale = scale
         ctx.cdt = cdt
         return out
@@ -74,6 +78,7 @@ class _SparseMixture(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         u, a_pool, bt_pool, idx, coef, z_sel = ctx.saved_tensors
+        idx = idx.long()
         scale, cdt = ctx.scale, ctx.cdt
         n, d = u.shape
         e, r, _ = a_pool.shape
