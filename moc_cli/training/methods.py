@@ -114,7 +114,9 @@ def apply_method(model: nn.Module, method_cfg: Any, task_kind: str) -> nn.Module
         return get_peft_model(model, peft_config)
     except ValueError as exc:
         if "target_modules" in str(exc):
-            model_type = getattr(getattr(model, "config", None), "model_type", None)
+            config = getattr(model, "config", None)
+            # Read it the way peft does (to_dict), which is what its default-target lookup used.
+            model_type = config.to_dict().get("model_type") if hasattr(config, "to_dict") else None
             raise RunSetupError(
                 f"method.name={name} has no default target modules for model_type={model_type!r}; "
                 "set method.target_modules, e.g. method.target_modules=[q_proj,v_proj] "

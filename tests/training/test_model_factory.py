@@ -1,0 +1,113 @@
+"""build_model / build_tokenizer: head per task kind, labels, dtype, pad token, safetensors only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    BertForMultipleChoice,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from moc_cli.tasks.registry import get_task
+from moc_cli.training.errors import RunSetupError
+from moc_cli.training.model_factory import (
+    build_model,
+    build_model_and_tokenizer,
+    build_tokenizer,
+    resolve_dtype,
+)
+
+
+def test_sequence_classification_with_label_names(tiny_bert: Path) -> None:
+    task = get_task("glue/sst2")
+    model, tokenizer, source = build_model_and_tokenizer({"name_or_path": str(tiny_bert)}, task)
+    assert source == str(tiny_bert)
+    assert isinstance(model, BertForSequenceClassification)
+    assert model.config.num_labels == 2
+    assert model.config.problem_type == "single_label_classification"
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.config.label2id == {"negative": 0, "positive": 1}
+    assert model.dtype == torch.float32
+    # The real WordPiece vocabulary, not a 5-token fallback.
+    assert tokenizer("a great movie")["input_ids"] == [101, 1037, 2307, 3185, 102]
+
+
+def test_regression_and_multiple_choice_heads(tiny_bert: Path) -> None:
+    tokenizer = build_tokenizer(str(tiny_bert), {})
+    stsb = build_model(str(tiny_bert), get_task("glue/stsb"), {}, tokenizer)
+    assert stsb.config.num_labels == 1 and stsb.config.problem_type == "regression"
+    copa = build_model(str(tiny_bert), get_task("superglue/copa"), {}, tokenizer)
+    assert isinstance(copa, BertForMultipleChoice)
+
+
+def test_dtype_is_applied_and_validated(tiny_bert: Path) -> None:
+    tokenizer = build_tokenizer(str(tiny_bert), {})
+    model = build_model(str(tiny_bert), get_task("glue/sst2"), {"dtype": "bfloat16"}, tokenizer)
+    assert model.dtype == torch.bfloat16
+    assert resolve_dtype("auto") == "auto" and resolve_dtype(None) is None
+    with pytest.raises(RunSetupError, match="model.dtype='float8' is not a known dtype"):
+        resolve_dtype("float8")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decoder whose tokenizer has an EOS token but no pad token (as most LLM tokenizers)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    root = tmp_path_factory.mktemp("tiny-llama")
+    words = ["<unk>", "</s>", "good", "bad", "movie", "a"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>").save_pretrained(
+        root
+    )
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root)
+    return root
+
+
+def test_decoder_classifier_gets_a_pad_token(tiny_llama: Path) -> None:
+    model, tokenizer, _ = build_model_and_tokenizer({"name_or_path": str(tiny_llama)}, get_task("glue/sst2"))
+    assert isinstance(model, LlamaForSequenceClassification)
+    assert tokenizer.pad_token == "</s>"
+    assert model.config.pad_token_id == tokenizer.pad_token_id == 1
+    batch = tokenizer(["good movie", "a bad bad movie"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)  # batches > 1 need pad_token_id
+
+
+def test_causal_lm_head(tiny_llama: Path) -> None:
+    model, _, _ = build_model_and_tokenizer({"name_or_path": str(tiny_llama)}, get_task("demo/instruct"))
+    assert isinstance(model, LlamaForCausalLM)
+
+
+def test_pickled_weights_are_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    pickled = tmp_path / "pickled"
+    model = AutoModel.from_pretrained(tiny_bert)
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    tokenizer = build_tokenizer(str(tiny_bert), {})
+    with pytest.raises(RunSetupError, match=f"{pickled} has no safetensors weights"):
+        build_model(str(pickled), get_task("glue/sst2"), {}, tokenizer)
+
+
+def test_missing_model_name_is_reported() -> None:
+    with pytest.raises(RunSetupError, match="model.name_or_path is not set"):
+        build_model_and_tokenizer({}, get_task("glue/sst2"))
