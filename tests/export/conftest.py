@@ -128,6 +128,9 @@ METHOD_SECTIONS: dict[str, dict[str, Any]] = {
     "moc": {"name": "moc", "r": 4, "variant": "both-shared"},
     "control": {"name": "control", "r": 4},
     "lora": {"name": "lora", "r": 4},
+    "dora": {"name": "dora", "r": 4},
+    "ia3": {"name": "ia3"},
+    "molex": {"name": "molex"},
 }
 
 
@@ -148,6 +151,8 @@ def make_run(
     kind: str = "seq_cls",
     method_section: dict[str, Any] | None = None,
     safe_serialization: bool = True,
+    dtype: str = "float32",
+    name_or_path: str | None = None,
 ) -> Run:
     """Build the model exactly as the runner does, give the adapter non-trivial weights, save the run."""
     from moc_cli.export.build import register_methods
@@ -159,7 +164,7 @@ def make_run(
     register_methods()
     task = tasks[TASK_NAME if kind == "seq_cls" else CAUSAL_TASK_NAME]
     section = dict(method_section or METHOD_SECTIONS[method])
-    model_cfg = {"name_or_path": str(base_dir), "dtype": "float32"}
+    model_cfg = {"name_or_path": name_or_path or str(base_dir), "dtype": dtype}
     tokenizer = build_tokenizer(str(base_dir), model_cfg)
     torch.manual_seed(0)
     model = build_model(str(base_dir), task, model_cfg, tokenizer)
@@ -169,7 +174,9 @@ def make_run(
     with torch.no_grad():
         for _, param in peft_model.named_parameters():
             if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * 0.2)
+                param.copy_(
+                    torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.dtype) * 0.2
+                )
     peft_model.eval()
     root.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(root / "adapter"), safe_serialization=safe_serialization)

@@ -11,11 +11,14 @@ import torch
 from tests.export.conftest import encode, make_run
 
 
-def test_lora_merged_loads_with_plain_transformers(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_foldable_methods_merge_into_a_plain_transformers_checkpoint(
+    tmp_path: Path, tiny_bert_dir: Path, cli, method: str
+) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
-    result = cli("merge-export", run.root)  # LoRA defaults to merged
+    run = make_run(tmp_path / "run", tiny_bert_dir, method)
+    result = cli("merge-export", run.root)  # foldable methods default to merged
     assert result.exit_code == 0, result.stderr
     target = run.root / "export" / "merged"
     assert result.stdout.strip() == str(target.resolve())
@@ -27,7 +30,10 @@ def test_lora_merged_loads_with_plain_transformers(tmp_path: Path, tiny_bert_dir
         expected = run.peft_model(**batch).logits
         got = model(**batch).logits
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
-    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert not any(
+        key in name for name, _ in model.named_parameters() for key in ("lora", "ia3", "base_layer")
+    )
+    assert model.config.id2label == {0: "negative", 1: "positive"}
 
 
 @pytest.mark.parametrize("method", ["moc", "control"])
@@ -41,6 +47,22 @@ def test_merged_is_refused_for_moc_with_the_reason(
     assert "parallel to non-linear sub-blocks" in result.stderr
     assert "--format bundle" in result.stderr and "--format onnx" in result.stderr
     assert not (run.root / "export").exists()
+
+
+def test_molex_merge_is_refused_and_bundle_round_trips(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    import moc_cli
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "molex")
+    refused = cli("merge-export", run.root, "--format", "merged")
+    assert refused.exit_code == 2
+    assert "MoLEx mixes whole pretrained layers per input" in refused.stderr
+    assert "--format bundle" in refused.stderr
+    result = cli("merge-export", run.root)
+    assert result.exit_code == 0, result.stderr
+    model = moc_cli.load_exported(run.root / "export" / "bundle")
+    batch = encode(run.tokenizer)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, run.peft_model(**batch).logits)
 
 
 def test_moc_defaults_to_bundle_and_rerun_is_idempotent(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
