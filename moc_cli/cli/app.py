@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from moc_cli.cli import eval_cmd, inspect_cmds, train
+from moc_cli.cli.common import STATE
 
 app = typer.Typer(
     name="moc",
@@ -45,6 +46,7 @@ def _root(
 ) -> None:
     """Mixture-of-Control (MoC) fine-tuning CLI."""
     ctx.obj = {"verbose": verbose}
+    STATE["verbose"] = verbose
     if offline:
         # Read by huggingface_hub/datasets at import time, which happens later inside commands.
         os.environ["HF_HUB_OFFLINE"] = "1"

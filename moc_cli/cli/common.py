@@ -10,8 +10,8 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from moc_cli.config import ConfigError, ConfigIssue, RunConfig, load_run_config
 
@@ -26,11 +26,12 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+# Global options of the current invocation, set by the app callback.
+STATE: dict[str, bool] = {"verbose": False}
+
+
 def verbose_enabled() -> bool:
-    ctx = click.get_current_context(silent=True)
-    root = ctx.find_root() if ctx is not None else None
-    obj = root.obj if root is not None and isinstance(root.obj, dict) else {}
-    return bool(obj.get("verbose")) or os.environ.get("MOC_DEBUG", "") not in ("", "0")
+    return STATE["verbose"] or os.environ.get("MOC_DEBUG", "") not in ("", "0")
 
 
 def fail_config(error: ConfigError) -> typer.Exit:
@@ -44,12 +45,14 @@ def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
     """Map failures to exit codes: config 2, Ctrl-C 130, anything else 1 with a one-line message."""
     try:
         yield
-    except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-        raise
+    except (typer.Exit, typer.Abort, TyperException):
+        raise  # already carries its exit code
     except ConfigError as exc:
         raise fail_config(exc) from None
-    except KeyboardInterrupt:
-        err(f"{action} interrupted (Ctrl-C){interrupt_hint}")
+    except KeyboardInterrupt as exc:
+        checkpoint = getattr(exc, "checkpoint", None)  # set by the training runner's RunInterrupted
+        saved = f"; checkpoint saved at {checkpoint}" if checkpoint else ""
+        err(f"{action} interrupted (Ctrl-C){saved}{interrupt_hint}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:
         if verbose_enabled():

@@ -16,6 +16,7 @@ from moc_cli.cli.common import err, fail_config, load_or_exit
 from moc_cli.config import (
     ConfigError,
     ConfigIssue,
+    find_recipe,
     list_recipes,
     recipe_description,
     render_config,
@@ -73,7 +74,6 @@ def ls() -> None:
     if not names:
         err(f"no recipes found under {resource_dir('recipes')}")
         return
-    root = resource_dir("recipes")
     width = max(len(n) for n in names)
     suite = None
     for name in names:
@@ -83,8 +83,7 @@ def ls() -> None:
                 typer.echo("")
             typer.echo(f"{head}:")
             suite = head
-        path = next(p for p in (root / f"{name}.yaml", root / f"{name}.yml") if p.is_file())
-        typer.echo(f"  {name.ljust(width)}  {recipe_description(path)}".rstrip())
+        typer.echo(f"  {name.ljust(width)}  {recipe_description(find_recipe(name))}".rstrip())
 
 
 def cat(

@@ -94,7 +94,7 @@ def train(
     if issues:
         raise fail_config(ConfigError(issues))
 
-    hint = "; the last checkpoint is kept: continue with `moc train ... --resume auto`"
+    hint = "; continue with the same command plus `--resume auto`"
     with cli_errors("training", interrupt_hint=hint):
         from moc_cli.training import run_training
 
