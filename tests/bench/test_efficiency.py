@@ -1,0 +1,119 @@
+"""The efficiency harness on a tiny model: positive figures, exact ratios, deterministic saved bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import moc_cli  # noqa: F401  (registers MoC and MoLEx)
+from moc_cli.bench.efficiency import (
+    EfficiencyError,
+    build_model,
+    make_batch,
+    measure_rss_subprocess,
+    merge_runs,
+    resolve_benchmark_model,
+    run_efficiency,
+    run_efficiency_benchmark,
+    saved_bytes_of_step,
+    with_ratios,
+)
+
+torch.set_num_threads(1)
+METHODS = ["control", "moc-both-shared", "molex"]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_bert_dir: Path) -> dict:
+    return run_efficiency(
+        str(tiny_bert_dir),
+        METHODS,
+        batch_size=2,
+        seq_len=8,
+        steps=1,
+        warmup=1,
+        rounds=2,
+        threads=1,
+        measure_rss=False,
+        log=lambda _msg: None,
+    )
+
+
+def test_every_figure_is_positive_and_control_ratio_is_one(run: dict) -> None:
+    assert [m["method"] for m in run["methods"]] == METHODS
+    for m in run["methods"]:
+        assert m["trainable_params"] > 0, m["method"]
+        assert m["saved_bytes"] > 0, m["method"]
+        assert len(m["step_times"]) == 2 and all(t > 0 for t in m["step_times"]), m["method"]
+    rows = {r["method"]: r for r in with_ratios(run)}
+    control = rows["control"]
+    for key in ("params_vs_control", "saved_vs_control", "time_vs_control"):
+        assert control[key] == 1.0
+    assert control["peak_vs_control"] is None  # peak RSS not measured in this run
+    assert rows["moc-both-shared"]["same_site_control"] is None  # control-both was not measured
+    assert rows["molex"]["saved_vs_control"] == rows["molex"]["saved_bytes"] / control["saved_bytes"]
+
+
+def test_trainable_parameter_counts_match_the_method_definitions(run: dict) -> None:
+    counts = {m["method"]: m["trainable_params"] for m in run["methods"]}
+    d, layers, r, head = 32, 2, 16, 32 * 2 + 2
+    assert counts["control"] == layers * 2 * d * r + head  # one FFN control per layer
+    assert counts["molex"] == layers * d * layers + head  # one Linear(d, L) router per layer
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch/transformers/peft: 10-40 s on a shared machine
+def test_peak_rss_probe_in_a_fresh_process(tiny_bert_dir: Path) -> None:
+    peak = measure_rss_subprocess(str(tiny_bert_dir), "control", batch_size=2, seq_len=8, steps=1, threads=1)
+    assert peak > 0
+
+
+def test_saved_bytes_are_deterministic(tiny_bert_dir: Path) -> None:
+    bench_model = resolve_benchmark_model(str(tiny_bert_dir))
+    figures = []
+    for _ in range(2):
+        model = build_model(bench_model, "moc-both-shared")
+        batch = make_batch(model, bench_model.kind, 2, 8)
+        figures.append(saved_bytes_of_step(model, batch))
+    assert figures[0] == figures[1] > 0
+
+
+def test_unknown_method_names_the_option(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(EfficiencyError, match="--method 'lora-everything' is unknown; choose from moc-ffn"):
+        run_efficiency_benchmark(
+            [str(tiny_bert_dir)], ["lora-everything"], 2, [8], 1, 0, 1, 1, False, tmp_path, "cmd"
+        )
+
+
+def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    report = run_efficiency_benchmark(
+        [str(tiny_bert_dir)],
+        ["control", "moc-ffn"],
+        batch_size=2,
+        seq_lens=[8],
+        steps=1,
+        warmup=0,
+        rounds=1,
+        threads=1,
+        measure_rss=False,
+        output_dir=tmp_path,
+        command="moc bench efficiency --test",
+        log=lambda _msg: None,
+    )
+    text = report.read_text()
+    assert "`moc bench efficiency --test`" in text
+    assert "| `control` |" in text and "| `moc-ffn` |" in text
+    assert "`moc-ffn` vs `control`: saved bytes" in text
+    assert (tmp_path / "efficiency.png").stat().st_size > 0
+    stored = json.loads((tmp_path / "efficiency.json").read_text())["runs"]
+    assert [(r["batch_size"], r["seq_len"]) for r in stored] == [(2, 8)]
+
+    older = {**stored[0], "command": "older"}
+    other = {**stored[0], "seq_len": 16, "command": "older"}
+    merged = merge_runs([older, other], stored)
+    assert [(r["seq_len"], r["command"]) for r in merged] == [
+        (8, "moc bench efficiency --test"),
+        (16, "older"),
+    ]
