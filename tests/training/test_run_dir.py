@@ -1,0 +1,120 @@
+"""Run directory policy: overwrite refusal, checkpoint discovery, atomic replacement, config drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moc_cli.training.checkpointing import config_drift
+from moc_cli.training.errors import RunSetupError
+from moc_cli.training.run_dir import (
+    latest_checkpoint,
+    prepare_run_dir,
+    replace_dir,
+    resolve_resume,
+    temp_dir_beside,
+)
+
+
+def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_model.safetensors").write_bytes(b"x")
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_refuses_non_empty_dir_with_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(RunSetupError) as info:
+        prepare_run_dir(tmp_path, overwrite=False, resuming=False)
+    assert str(info.value) == (
+        "invalid config (1 error):\n"
+        f"  - output directory {tmp_path} is not empty; pass --overwrite (output.overwrite=true) to replace it, "
+        "--resume auto to continue it, or choose another output.dir"
+    )
+
+
+def test_empty_or_missing_dirs_are_fine(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert prepare_run_dir(tmp_path / "empty", overwrite=False, resuming=False).root == tmp_path / "empty"
+    run = prepare_run_dir(tmp_path / "new" / "run", overwrite=False, resuming=False)
+    assert not run.root.exists()  # created only once the model and data have loaded
+    run.make()
+    assert sorted(p.name for p in run.root.iterdir()) == ["checkpoints", "eval", "logs", "plots"]
+
+
+def test_overwrite_clears_only_run_entries(tmp_path: Path) -> None:
+    for name in ("checkpoints", "adapter", "logs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("x")
+    (tmp_path / "config.yaml").write_text("x")
+    (tmp_path / "notes.md").write_text("mine")
+    prepare_run_dir(tmp_path, overwrite=True, resuming=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+
+
+def test_resuming_keeps_the_dir(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("x")
+    prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    assert (tmp_path / "config.yaml").read_text() == "x"
+
+
+def test_latest_complete_checkpoint(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path / "missing") is None
+    make_checkpoint(tmp_path, 4)
+    make_checkpoint(tmp_path, 12)
+    make_checkpoint(tmp_path, 16, complete=False)  # a save cut short
+    (tmp_path / "checkpoint-x").mkdir()
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-12"  # numeric, not lexicographic
+
+
+def test_resolve_resume(tmp_path: Path) -> None:
+    run = prepare_run_dir(tmp_path / "run", overwrite=False, resuming=True)
+    with pytest.raises(RunSetupError, match="--resume auto found no complete checkpoint in"):
+        resolve_resume("auto", run)
+    run.make()
+    ckpt = make_checkpoint(run.checkpoints, 8)
+    assert resolve_resume("auto", run) == ckpt
+    assert resolve_resume(str(ckpt), run) == ckpt
+    broken = make_checkpoint(tmp_path / "elsewhere", 3, complete=False)
+    with pytest.raises(RunSetupError, match="not a complete Trainer checkpoint"):
+        resolve_resume(str(broken), run)
+
+
+def test_replace_dir_swaps_complete_directories(tmp_path: Path) -> None:
+    final = tmp_path / "adapter"
+    final.mkdir()
+    (final / "old").write_text("old")
+    tmp = temp_dir_beside(final)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.tmp-")
+    (tmp / "new").write_text("new")
+    replace_dir(tmp, final)
+    assert sorted(p.name for p in final.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_config_drift_lists_changed_keys() -> None:
+    saved = {
+        "seed": 42,
+        "training": {"max_steps": 8, "num_train_epochs": 3.0},
+        "method": {"name": "moc", "r": 16},
+    }
+    same = {
+        "seed": 42,
+        "training": {"max_steps": 8, "num_train_epochs": 3.0},
+        "method": {"name": "moc", "r": 16},
+    }
+    assert config_drift(saved, same) == []
+    changed = {
+        "seed": 1,
+        "training": {"max_steps": 10, "num_train_epochs": 3.0},
+        "method": {"name": "moc", "r": 8},
+    }
+    assert config_drift(saved, changed) == [
+        "seed: 42 -> 1",
+        "training.max_steps: 8 -> 10",
+        "method: {'name': 'moc', 'r': 16} -> {'name': 'moc', 'r': 8}",
+    ]
