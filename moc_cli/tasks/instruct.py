@@ -165,7 +165,7 @@ def fit_segments(segments: list[Segment], max_length: int, min_prompt_tokens: in
     """Concatenate to (input_ids, labels-as-mask) within max_length, or None when the response can't fit.
 
     Prompt tokens are removed from the left; the last trainable segment (the final response) is
-    always kept whole.
+    always kept whole. An earlier response cut by the truncation becomes untrained context.
     """
     last = max((i for i, (_, t) in enumerate(segments) if t), default=None)
     if last is None:
@@ -182,6 +182,9 @@ def fit_segments(segments: list[Segment], max_length: int, min_prompt_tokens: in
     excess = len(ids) - max_length
     if excess > 0:
         ids, mask = ids[excess:], mask[excess:]
+        # an earlier response cut in half has lost its prompt: keep it as context, don't train on it
+        first_prompt = mask.index(False) if False in mask else 0
+        mask[:first_prompt] = [False] * first_prompt
     return ids, mask  # type: ignore[return-value]
 
 

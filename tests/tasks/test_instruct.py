@@ -132,6 +132,27 @@ def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response(chat_to
     assert all(t == IGNORE_INDEX for t in got_labels[: -len(response)])
 
 
+def test_truncated_earlier_turn_becomes_context(chat_tokenizer):
+    tok = chat_tokenizer
+    messages = [
+        {"role": "user", "content": "tell me a story"},
+        {"role": "assistant", "content": " ".join(["once"] * 40)},
+        {"role": "user", "content": "shorter please"},
+        {"role": "assistant", "content": "the end"},
+    ]
+    task = get_task("demo/instruct")
+    full_ids, full_labels = task.encode(tok, {"messages": messages}, 10_000)
+    got_ids, got_labels = task.encode(tok, {"messages": messages}, 40)
+    assert got_ids == full_ids[-40:]
+    second_prompt = ids(tok, "<|im_start|>user\nshorter please<|im_end|>\n<|im_start|>assistant\n")
+    final = ids(tok, "the end<|im_end|>\n")
+    assert got_labels == [IGNORE_INDEX] * (40 - len(final)) + final  # the cut first answer is not trained
+    assert got_ids[-len(final) - len(second_prompt) : -len(final)] == second_prompt
+    assert full_labels.count(IGNORE_INDEX) < len(full_labels) - len(
+        final
+    )  # untruncated: both answers trained
+
+
 def test_examples_whose_response_cannot_fit_are_dropped_and_counted(chat_tokenizer, caplog):
     tok = chat_tokenizer
     rows = [
