@@ -104,13 +104,19 @@ def build_tokenizer_and_base(
     model_cfg = dict(source.model_section)
     # The model factory's allow_pickle forbids safetensors altogether, so ask for it only when the
     # local base has nothing but pickles (an allowed pickle adapter is read by peft itself).
-    base_dir = Path(source.base_model)
-    model_cfg["allow_pickle"] = allow_pickle and base_dir.is_dir() and not any(base_dir.glob("*.safetensors"))
     try:
         base = resolve_source(source.base_model)
     except ImportError as err:  # AssetNotInstalledError carries the pip command
         raise ExportError(str(err)) from None
-    tokenizer = build_tokenizer(base, model_cfg)
+    tokenizer_source = base
+    if source.is_full:
+        # Full fine-tuning: the trained checkpoint replaces the base (and may carry its tokenizer).
+        base = str(source.adapter_dir)
+        if (source.adapter_dir / "tokenizer_config.json").is_file():
+            tokenizer_source = base
+    base_dir = Path(base)
+    model_cfg["allow_pickle"] = allow_pickle and base_dir.is_dir() and not any(base_dir.glob("*.safetensors"))
+    tokenizer = build_tokenizer(tokenizer_source, model_cfg)
     model = build_model(base, info, model_cfg, tokenizer)  # type: ignore[arg-type]
     return model, tokenizer, info
 
@@ -118,11 +124,17 @@ def build_tokenizer_and_base(
 def load_peft_model(
     source: ExportSource, allow_pickle: bool = False
 ) -> tuple[Any, PreTrainedTokenizerBase, TaskInfo]:
-    """(PeftModel in eval mode, tokenizer, task info) exactly as training left it."""
+    """(PeftModel in eval mode, tokenizer, task info) exactly as training left it.
+
+    For full fine-tuning the trained transformers model itself is returned.
+    """
     from peft import PeftModel
 
     register_methods()
     model, tokenizer, info = build_tokenizer_and_base(source, allow_pickle)
+    if source.is_full:
+        model.eval()
+        return model, tokenizer, info
     peft_model = PeftModel.from_pretrained(model, str(source.adapter_dir), is_trainable=False)
     peft_model.eval()
     return peft_model, tokenizer, info
@@ -136,8 +148,11 @@ def unwrap(peft_model: Any) -> nn.Module:
     routers, `moc_state`) is attached to the model as a submodule of the same name: the layers and
     hooks reach it by reference, and this way it is saved and loaded with the model.
     """
+    from peft import PeftModel
     from peft.utils.other import ModulesToSaveWrapper
 
+    if not isinstance(peft_model, PeftModel):
+        return peft_model
     tuner = peft_model.base_model
     adapter = peft_model.active_adapter
     inner = tuner.model

@@ -82,7 +82,8 @@ def load_bundle(path: Path) -> nn.Module:
     if meta.get("attn_implementation"):
         kwargs["attn_implementation"] = meta["attn_implementation"]
     model = auto.from_config(config, **kwargs)
-    module = rebuild_unwrapped(model, meta["peft_config"])
+    # No peft config: a fully fine-tuned model, stored as is.
+    module = rebuild_unwrapped(model, meta["peft_config"]) if meta.get("peft_config") else model
     try:
         load_state(module, path, meta.get("tied_weights") or {})
     except ValueError as err:

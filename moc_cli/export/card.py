@@ -68,16 +68,19 @@ def adapter_parameter_count(adapter_dir: Path) -> int | None:
     """Parameters saved in the adapter (controls, routers and trained heads)."""
     from safetensors import safe_open
 
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
+    adapter = adapter_dir / "adapter_model.safetensors"
+    # Full fine-tuning saves the whole model in the adapter folder: every parameter was trained.
+    files = [adapter] if adapter.is_file() else sorted(adapter_dir.glob("*.safetensors"))
+    if not files:
         return None
     total = 0
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-            count = 1
-            for dim in handle.get_slice(key).get_shape():
-                count *= int(dim)
-            total += count
+    for weights in files:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                count = 1
+                for dim in handle.get_slice(key).get_shape():
+                    count *= int(dim)
+                total += count
     return total
 
 

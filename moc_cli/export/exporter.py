@@ -25,8 +25,8 @@ class ExportResult:
 
 
 def default_format(source: ExportSource) -> str:
-    """`merged` where the update folds into the weights, `bundle` otherwise."""
-    return "merged" if source.method in FOLDABLE_METHODS else "bundle"
+    """`merged` where the update folds into the weights (or full fine-tuning), `bundle` otherwise."""
+    return "merged" if source.method in (*FOLDABLE_METHODS, "full") else "bundle"
 
 
 def merge_refusal(method: str) -> str:
@@ -109,7 +109,7 @@ def _build(
     from moc_cli.export.weights import DEFAULT_MAX_SHARD_BYTES
 
     peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle)
-    base = peft_model.get_base_model()
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     auto_class = AUTO_CLASS_BY_KIND[info.kind]
     meta: dict[str, Any] = {
         "auto_class": auto_class,
@@ -126,7 +126,10 @@ def _build(
         "source": str(source.root),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if fmt == "merged":
+    if fmt == "merged" and source.is_full:
+        base.save_pretrained(str(work))
+        tokenizer.save_pretrained(str(work))
+    elif fmt == "merged":
         try:
             merged = peft_model.merge_and_unload()
         except (NotImplementedError, ValueError, TypeError) as err:
@@ -145,7 +148,7 @@ def _build(
                 base.config,
                 tokenizer,
                 work,
-                {**meta, "peft_config": source.adapter_config},
+                {**meta, "peft_config": source.adapter_config or None},
                 max_shard_bytes or DEFAULT_MAX_SHARD_BYTES,
             )
         else:

@@ -33,6 +33,11 @@ class ExportSource:
     eval_results: dict[str, Any] | None = None
 
     @property
+    def is_full(self) -> bool:
+        """Full fine-tuning: `adapter/` holds a complete transformers checkpoint, not a peft adapter."""
+        return not self.adapter_config and (self.adapter_dir / "config.json").is_file()
+
+    @property
     def is_run(self) -> bool:
         return bool(self.run_config)
 
@@ -62,6 +67,8 @@ class ExportSource:
         name = (self.run_config.get("method") or {}).get("name")
         if name:
             return str(name).lower()
+        if self.is_full:
+            return "full"
         peft_type = str(self.adapter_config.get("peft_type", "")).upper()
         if peft_type == "LORA":
             return "dora" if self.adapter_config.get("use_dora") else "lora"
@@ -77,7 +84,7 @@ class ExportSource:
     def pickle_files(self) -> list[Path]:
         """Pickle weight files export would have to read (adapter, or a local base without safetensors)."""
         found: list[Path] = []
-        if not (self.adapter_dir / "adapter_model.safetensors").is_file():
+        if not any(self.adapter_dir.glob("*.safetensors")):
             found += _pickles(self.adapter_dir)
         base = Path(self.base_model)
         if base.is_dir() and not any(base.glob("*.safetensors")):
@@ -134,6 +141,9 @@ def resolve_source(path: str | Path) -> ExportSource:
         adapter_dir = next(
             (path / sub for sub in ADAPTER_SUBDIRS if (path / sub / "adapter_config.json").is_file()), None
         )
+        method = str((_read_yaml(path / "config.yaml").get("method") or {}).get("name", "")).lower()
+        if adapter_dir is None and method == "full" and (path / "adapter" / "config.json").is_file():
+            adapter_dir = path / "adapter"  # full fine-tuning saves the whole model there
         if adapter_dir is None:
             raise ExportError(
                 f"run directory {path} has no adapter (looked for {', '.join(s + '/adapter_config.json' for s in ADAPTER_SUBDIRS)}); "
@@ -143,7 +153,8 @@ def resolve_source(path: str | Path) -> ExportSource:
         raise ExportError(
             f"{path} has neither config.yaml (a run directory) nor adapter_config.json (an adapter directory)"
         )
-    adapter_config = _read_json(adapter_dir / "adapter_config.json")
+    adapter_file = adapter_dir / "adapter_config.json"
+    adapter_config = _read_json(adapter_file) if adapter_file.is_file() else {}
     run_config = _read_yaml(root / "config.yaml") if root is not None else {}
     results_file = (root / "eval" / "results.json") if root is not None else None
     eval_results = _read_json(results_file) if results_file is not None and results_file.is_file() else None

@@ -131,6 +131,7 @@ METHOD_SECTIONS: dict[str, dict[str, Any]] = {
     "dora": {"name": "dora", "r": 4},
     "ia3": {"name": "ia3"},
     "molex": {"name": "molex"},
+    "full": {"name": "full"},
 }
 
 
@@ -179,7 +180,12 @@ def make_run(
                 )
     peft_model.eval()
     root.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(root / "adapter"), safe_serialization=safe_serialization)
+    if method == "full":
+        # The runner's trainer.save_model writes the whole model (and tokenizer) to adapter/.
+        peft_model.save_pretrained(str(root / "adapter"))
+        tokenizer.save_pretrained(str(root / "adapter"))
+    else:
+        peft_model.save_pretrained(str(root / "adapter"), safe_serialization=safe_serialization)
     config = {
         "seed": 0,
         "model": model_cfg,

@@ -178,3 +178,34 @@ def test_unknown_format_is_a_usage_error(tmp_path: Path, tiny_bert_dir: Path, cl
     result = cli("merge-export", run.root, "--format", "gguf")
     assert result.exit_code == 2
     assert "--format 'gguf' is not one of bundle, merged, onnx" in result.stderr
+
+
+def test_full_fine_tuning_exports_merged_bundle_and_onnx(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification
+
+    import moc_cli
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "full")
+    batch = encode(run.tokenizer)
+    with torch.no_grad():
+        expected = run.peft_model(**batch).logits
+
+    result = cli("merge-export", run.root)  # full fine-tuning defaults to merged
+    assert result.exit_code == 0, result.stderr
+    merged = AutoModelForSequenceClassification.from_pretrained(run.root / "export" / "merged").eval()
+    bundle_result = cli("merge-export", run.root, "--format", "bundle")
+    assert bundle_result.exit_code == 0, bundle_result.stderr
+    bundle = moc_cli.load_exported(run.root / "export" / "bundle")
+    with torch.no_grad():
+        assert torch.equal(merged(**batch).logits, expected)
+        assert torch.equal(bundle(**batch).logits, expected)
+    card = (run.root / "export" / "bundle" / "README.md").read_text()
+    total = sum(p.numel() for p in run.peft_model.parameters())
+    assert f"Trainable parameters saved with the adapter: {total:,}" in card
+
+    assert cli("merge-export", run.root, "--format", "onnx").exit_code == 0
+    session = ort.InferenceSession(str(run.root / "export" / "onnx" / "model.onnx"))
+    got = session.run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
+    assert float(np.max(np.abs(got - expected.numpy()))) <= 1e-4
