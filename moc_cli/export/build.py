@@ -95,13 +95,15 @@ def task_info(source: ExportSource) -> TaskInfo:
 
 
 def build_tokenizer_and_base(
-    source: ExportSource, allow_pickle: bool
+    source: ExportSource, allow_pickle: bool, dtype: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TaskInfo]:
     """The base model with its task head, built the way the training runner built it."""
     from moc_cli.training.model_factory import build_model, build_tokenizer, resolve_source
 
     info = task_info(source)
     model_cfg = dict(source.model_section)
+    if dtype is not None:
+        model_cfg["dtype"] = dtype
     # The model factory's allow_pickle forbids safetensors altogether, so ask for it only when the
     # local base has nothing but pickles (an allowed pickle adapter is read by peft itself).
     try:
@@ -122,16 +124,17 @@ def build_tokenizer_and_base(
 
 
 def load_peft_model(
-    source: ExportSource, allow_pickle: bool = False
+    source: ExportSource, allow_pickle: bool = False, dtype: str | None = None
 ) -> tuple[Any, PreTrainedTokenizerBase, TaskInfo]:
     """(PeftModel in eval mode, tokenizer, task info) exactly as training left it.
 
-    For full fine-tuning the trained transformers model itself is returned.
+    For full fine-tuning the trained transformers model itself is returned. `dtype` overrides the
+    run's `model.dtype` (ONNX graphs are exported in float32).
     """
     from peft import PeftModel
 
     register_methods()
-    model, tokenizer, info = build_tokenizer_and_base(source, allow_pickle)
+    model, tokenizer, info = build_tokenizer_and_base(source, allow_pickle, dtype)
     if source.is_full:
         model.eval()
         return model, tokenizer, info

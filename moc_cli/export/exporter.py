@@ -108,7 +108,9 @@ def _build(
     from moc_cli.export.card import render_card
     from moc_cli.export.weights import DEFAULT_MAX_SHARD_BYTES
 
-    peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle)
+    # onnxruntime's CPU kernels are float32: upcast a bf16/fp16 backbone (lossless; controls are fp32).
+    dtype = "float32" if fmt == "onnx" else None
+    peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle, dtype=dtype)
     base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     auto_class = AUTO_CLASS_BY_KIND[info.kind]
     meta: dict[str, Any] = {

@@ -81,3 +81,27 @@ def test_missing_onnx_packages_name_the_extra(
     result = cli("merge-export", run.root, "--format", "onnx")
     assert result.exit_code == 2
     assert "--format onnx needs onnxruntime; install them with pip install 'moc_cli[onnx]'" in result.stderr
+
+
+def test_onnx_of_a_bf16_run_is_float32_and_matches_the_upcast_model(
+    tmp_path: Path, tiny_bert_dir: Path, cli
+) -> None:
+    import onnx
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc", dtype="bfloat16")
+    result = cli("merge-export", run.root, "--format", "onnx")
+    assert result.exit_code == 0, result.stderr
+    folder = run.root / "export" / "onnx"
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    manifest = json.loads((folder / "moc_export.json").read_text())
+    assert manifest["dtype"] == "float32"
+    # Reference: the same adapter on the float32 backbone (bf16 -> fp32 is exact for the weights).
+    from moc_cli.export.build import load_peft_model
+    from moc_cli.export.source import resolve_source
+
+    reference, tokenizer, _ = load_peft_model(resolve_source(run.root), dtype="float32")
+    batch = encode(tokenizer, PARITY_TEXTS)
+    with torch.no_grad():
+        expected = reference(**batch).logits.numpy()
+    assert float(np.max(np.abs(_onnx_logits(folder, batch) - expected))) <= 1e-4
