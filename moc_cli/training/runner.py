@@ -224,11 +224,13 @@ def _train(
     metrics_log = MetricsJsonlCallback(run.metrics)
     callbacks: list[Any] = [cb for cb in (routing, metrics_log) if cb is not None]
     if "tensorboard" in (training_cfg.get("report_to") or []):
-        from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
 
-        # After the routing callback, so the routing metrics reach TensorBoard too.
-        callbacks.append(TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(run.logs / "tensorboard"))))
+        # After the routing callback, so the routing metrics reach TensorBoard too. Its writer is
+        # reopened for the final evaluation after training ends, hence the directory, not a writer.
+        tensorboard = TensorBoardCallback()
+        tensorboard.logging_dir = str(run.logs / "tensorboard")
+        callbacks.append(tensorboard)
     if training_cfg.get("early_stopping_patience"):
         from transformers import EarlyStoppingCallback
 

@@ -9,10 +9,8 @@ import torch
 from transformers import (
     BertForMultipleChoice,
     BertForSequenceClassification,
-    LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
-    PreTrainedTokenizerFast,
 )
 
 from moc_cli.tasks.registry import get_task
@@ -54,32 +52,6 @@ def test_dtype_is_applied_and_validated(tiny_bert: Path) -> None:
     assert resolve_dtype("auto") == "auto" and resolve_dtype(None) is None
     with pytest.raises(RunSetupError, match="model.dtype='float8' is not a known dtype"):
         resolve_dtype("float8")
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A decoder whose tokenizer has an EOS token but no pad token (as most LLM tokenizers)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    root = tmp_path_factory.mktemp("tiny-llama")
-    words = ["<unk>", "</s>", "good", "bad", "movie", "a"]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>").save_pretrained(
-        root
-    )
-    config = LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(root)
-    return root
 
 
 def test_decoder_classifier_gets_a_pad_token(tiny_llama: Path) -> None:
