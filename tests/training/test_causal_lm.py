@@ -60,13 +60,5 @@ def test_instruct_run_reports_perplexity_and_samples(
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
-    assert {
-        "train/loss",
-        "train/moc_balance_loss",
-        "train/moc_routing_entropy",
-        "eval/perplexity",
-    } - tags == {
-        "eval/perplexity"  # perplexity is derived after Trainer logs (results.json has it)
-    }
-    assert "eval/loss" in tags
+    assert {"train/loss", "train/moc_balance_loss", "train/moc_routing_entropy", "eval/loss"} <= tags
     assert list((run / "checkpoints").iterdir()) == []  # save_strategy "no", and TensorBoard not here
