@@ -66,13 +66,22 @@ class Task:
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
+        self.options: dict[str, Any] = dict(self.option_defaults)
+        self.apply_options(options)
+
+    def apply_options(self, options: Mapping[str, Any]) -> None:
+        """Validate and set task options (also called by `load` with `DataSource.options`)."""
         unknown = sorted(set(options) - set(self.option_defaults))
         if unknown:
             known = ", ".join(sorted(self.option_defaults)) or "none"
             raise TaskOptionError(
                 f"task {self.name!r}: unknown option(s) {', '.join(unknown)}; accepted options: {known}"
             )
-        self.options: dict[str, Any] = {**self.option_defaults, **options}
+        self.options.update(options)
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Validate option values (raise TaskOptionError); subclasses with options override this."""
 
     @property
     def num_labels(self) -> int:
@@ -86,7 +95,10 @@ class Task:
         return dict(enumerate(self.label_names))
 
     def load(self, source: DataSource) -> datasets.DatasetDict:
-        """Raw splits with the Hub dataset's columns, validated (raises TaskDataError)."""
+        """Raw splits with the Hub dataset's columns, validated (raises TaskDataError).
+
+        `source.options`, when given, are applied as task options first.
+        """
         raise NotImplementedError
 
     def preprocess(

@@ -84,6 +84,7 @@ class ClassificationTask(Task):
         return (*self.text_columns, *self.extra_columns, *label)
 
     def load(self, source: DataSource) -> datasets.DatasetDict:
+        self.apply_options(source.options)
         dd, self.data_origin = io.load_raw(self.name, source, self.splits, self.hub_path, self.hub_name)
         for split in list(dd):
             dd[split] = self.validate_split(dd[split], split, self.data_origin[split])

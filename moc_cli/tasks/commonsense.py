@@ -99,13 +99,16 @@ class Commonsense170k(InstructTask):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.eval_task_names()  # validate early
+        self._source_dir: Path | None = None
+
+    def check_options(self) -> None:
+        super().check_options()
+        self.eval_task_names()
         if self.options["eval_prompt"] not in ("train", "llm_adapters"):
             raise TaskOptionError(
                 f"task {self.name}: option eval_prompt must be 'train' or 'llm_adapters', "
                 f"got {self.options['eval_prompt']!r}"
             )
-        self._source_dir: Path | None = None
 
     def eval_task_names(self) -> list[str]:
         value = self.options["eval_tasks"]

@@ -31,6 +31,7 @@ class DemoSentiment(ClassificationTask):
             return super().load(source)
         from moc_cli.assets.datasets import rotten_tomatoes_splits
 
+        self.apply_options(source.options)
         dd = rotten_tomatoes_splits(seed=source.seed)
         self.data_origin = {s: f"rotten_tomatoes_splits(seed={source.seed})[{s}]" for s in dd}
         for split in list(dd):
@@ -58,6 +59,7 @@ class DemoInstruct(InstructTask):
 
         from moc_cli.assets.datasets import chitchat_conversations
 
+        self.apply_options(source.options)
         conversations = chitchat_conversations(max_conversations=self.options["max_conversations"])
         origin = "chitchat_conversations()"
         train = datasets.Dataset.from_dict({"messages": conversations})

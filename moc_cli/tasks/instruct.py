@@ -261,12 +261,14 @@ class InstructTask(Task):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.data_origin: dict[str, str] = {}
+        self.dropped: dict[str, int] = {}
+
+    def check_options(self) -> None:
         if self.options["template"] not in ("auto", "chat", "plain"):
             raise TaskOptionError(
                 f"task {self.name}: option template must be auto, chat or plain, got {self.options['template']!r}"
             )
-        self.data_origin: dict[str, str] = {}
-        self.dropped: dict[str, int] = {}
 
     # ---- loading -----------------------------------------------------------------------------
     @property
@@ -274,6 +276,7 @@ class InstructTask(Task):
         return (self.instruction_field, self.output_field)
 
     def load(self, source: DataSource) -> datasets.DatasetDict:
+        self.apply_options(source.options)
         dd, self.data_origin = io.load_raw(
             self.name, source, ["train", "validation", "test"], self.hub_path, self.hub_name
         )
