@@ -178,8 +178,8 @@ def cell_overrides(cell: Cell, run_dir: Path) -> list[str]:
         f"training.warmup_steps={b.warmup_ratio}",
         f"training.weight_decay={b.weight_decay}",
         "training.lr_scheduler_type=linear",
-        "training.eval_strategy=no",
-        "training.save_strategy=no",
+        'training.eval_strategy="no"',  # quoted: a bare no parses as false
+        'training.save_strategy="no"',
         "training.report_to=[]",
         f"training.logging_steps={max(1, b.max_steps // 10)}",
         f"output.dir={run_dir}",
@@ -225,6 +225,20 @@ def load_finished(store: Path) -> dict[str, dict[str, Any]]:
             continue
         done[record["key"]] = record
     return done
+
+
+def append_record(store: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; a truncated last line (interrupted write) is first closed off."""
+    prefix = ""
+    if store.exists() and store.stat().st_size > 0:
+        with store.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                prefix = "\n"
+    with store.open("a") as fh:
+        fh.write(prefix + json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def default_work_dir() -> Path:
@@ -276,7 +290,6 @@ def run_accuracy_benchmark(
             "load_average": list(os.getloadavg()),
             "command": command,
         }
-        with store.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(store, record)
         log(f"    {result['metric']} = {result['value']:.4f} ({result.get('wall_s', 0):.0f} s)")
     return write_accuracy_report(list(load_finished(store).values()), output_dir)

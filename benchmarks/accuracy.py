@@ -1,0 +1,65 @@
+"""Accuracy benchmark: every method under one budget, trained by the project's runner (`moc train`).
+
+    python benchmarks/accuracy.py --task glue/sst2 --seed 0 --seed 1 --seed 2 --max-steps 200
+    python benchmarks/accuracy.py --task glue/sst2 --grid ablations --seed 0
+
+Resumable: finished cells are kept in benchmarks/results/accuracy.jsonl and skipped on rerun;
+accuracy.md and accuracy.csv are regenerated from all stored cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: the repository root holds the moc_cli package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--task", action="append", help="e.g. glue/sst2, glue/rte, superglue/cb, demo/sentiment"
+    )
+    parser.add_argument("--seed", type=int, action="append")
+    parser.add_argument("--grid", action="append", choices=["main", "ablations"])
+    parser.add_argument("--method", action="append", help="restrict the main grid to these methods")
+    parser.add_argument("--max-steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="run directories (default: ~/.cache/moc_cli)"
+    )
+    args = parser.parse_args(argv)
+
+    import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
+    from moc_cli.bench.accuracy import Budget, run_accuracy_benchmark
+
+    report = run_accuracy_benchmark(
+        tasks=args.task or ["glue/sst2"],
+        seeds=args.seed or [0, 1, 2],
+        grids=args.grid or ["main"],
+        methods=args.method,
+        max_steps=args.max_steps,
+        threads=args.threads,
+        output_dir=args.output_dir,
+        command=shlex.join(["python", "benchmarks/accuracy.py", *argv]),
+        budget=Budget(max_steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length),
+        work_dir=args.work_dir,
+    )
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

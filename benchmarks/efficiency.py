@@ -1,0 +1,62 @@
+"""Efficiency benchmark: MoC vs Control, LoRA, DoRA, IA3, full fine-tuning and MoLEx.
+
+    python benchmarks/efficiency.py --model minilm --seq-len 128 --seq-len 512
+    python benchmarks/efficiency.py --model smollm2 --seq-len 128 --steps 2 --rounds 1
+
+Results merge into benchmarks/results/efficiency.json; efficiency.md and efficiency.png are
+regenerated from it (same as `moc bench efficiency ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: the repository root holds the moc_cli package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", action="append", help="minilm, smollm2, a pkg:// URI or a model folder")
+    parser.add_argument("--method", action="append", help="restrict to these methods (default: all)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, action="append")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all methods")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-method peak-RSS subprocesses")
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+
+    import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
+    from moc_cli.bench.efficiency import run_efficiency_benchmark
+
+    report = run_efficiency_benchmark(
+        models=args.model or ["minilm"],
+        methods=args.method,
+        batch_size=args.batch_size,
+        seq_lens=args.seq_len or [128],
+        steps=args.steps,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        threads=args.threads,
+        measure_rss=not args.no_rss,
+        output_dir=args.output_dir,
+        command=shlex.join(["python", "benchmarks/efficiency.py", *argv]),
+    )
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

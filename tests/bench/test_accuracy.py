@@ -1,0 +1,105 @@
+"""Accuracy benchmark: cell grid, overrides accepted by the real config loader, resume (skip) logic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moc_cli.bench.accuracy import (
+    ABLATIONS,
+    MAIN_METHODS,
+    AccuracyError,
+    Budget,
+    Cell,
+    build_cells,
+    cell_overrides,
+    load_finished,
+    run_accuracy_benchmark,
+)
+
+
+def test_cells_cover_methods_ablations_and_seeds() -> None:
+    cells = build_cells(["demo/sentiment"], [0, 1], ["main", "ablations"], None, Budget(max_steps=7))
+    main = [c for c in cells if c.grid == "main"]
+    ablations = [c for c in cells if c.grid == "ablations"]
+    assert sorted({c.label for c in main}) == sorted(MAIN_METHODS)
+    assert len(main) == 2 * len(MAIN_METHODS) and len(ablations) == 2 * len(ABLATIONS)
+    assert len({c.key for c in cells}) == len(cells)
+    assert cells[0].key == "main|demo/sentiment|moc|seed=0|lr=0.001|steps=7|bs=32|len=128"
+
+
+def test_bad_grid_and_method_name_the_option() -> None:
+    with pytest.raises(AccuracyError, match="--grid 'big' is unknown; choose from main, ablations"):
+        build_cells(["demo/sentiment"], [0], ["big"], None, Budget())
+    with pytest.raises(AccuracyError, match="--method 'adapter' is unknown for the accuracy grid"):
+        build_cells(["demo/sentiment"], [0], ["main"], ["adapter"], Budget())
+
+
+def test_every_cell_resolves_through_the_real_config_loader(tmp_path: Path) -> None:
+    from moc_cli.config import load_run_config
+
+    cells = build_cells(["demo/sentiment"], [3], ["main", "ablations"], None, Budget(max_steps=11))
+    by_label = {}
+    for cell in cells:
+        cfg, _ = load_run_config(None, None, cell_overrides(cell, tmp_path / cell.slug))
+        assert cfg.seed == 3 and cfg.training.max_steps == 11 and cfg.task.name == "demo/sentiment"
+        assert cfg.training.learning_rate == cell.learning_rate
+        by_label[cell.label] = cfg.method
+    assert by_label["moc"].variant == "both-shared" and by_label["moc"].alpha == 0.95
+    assert by_label["control"].name == "control" and by_label["control"].variant == "both-separate"
+    assert by_label["lora"].r == 8 and list(by_label["lora"].target_modules) == ["query", "value"]
+    assert by_label["moc alpha=0.5"].alpha == 0.5
+    assert by_label["moc top_k=2"].top_k == 2
+    assert by_label["moc no balance loss"].aux_loss_coef == 0.0
+    assert by_label["moc variant=attn"].variant == "attn"
+
+
+def test_finished_cells_are_skipped_on_rerun(tmp_path: Path) -> None:
+    ran: list[str] = []
+
+    def fake_runner(cell: Cell, work_dir: Path) -> dict:
+        # Stands in for training only; the skip logic around it is what is tested here.
+        ran.append(cell.key)
+        return {"metric": "accuracy", "value": 0.5 + 0.01 * cell.seed, "trainable_params": 1, "wall_s": 0.0}
+
+    def bench(seeds: list[int]) -> Path:
+        return run_accuracy_benchmark(
+            tasks=["demo/sentiment"],
+            seeds=seeds,
+            grids=["main"],
+            methods=["moc", "lora"],
+            max_steps=5,
+            threads=1,
+            output_dir=tmp_path,
+            command="python benchmarks/accuracy.py --test",
+            cell_runner=fake_runner,
+            work_dir=tmp_path / "runs",
+            log=lambda _msg: None,
+        )
+
+    bench([0, 1])
+    assert len(ran) == 4
+    ran.clear()
+    bench([0, 1])
+    assert ran == []
+
+    # An interrupted append leaves a truncated last line: ignored, and that cell runs again.
+    store = tmp_path / "accuracy.jsonl"
+    lines = store.read_text().splitlines()
+    store.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])
+    report = bench([0, 1, 2])
+    assert ran == [
+        json.loads(lines[-1])["key"],
+        "main|demo/sentiment|moc|seed=2|lr=0.001|steps=5|bs=32|len=128",
+        "main|demo/sentiment|lora|seed=2|lr=0.0005|steps=5|bs=32|len=128",
+    ]
+    assert len(load_finished(store)) == 6
+    text = report.read_text()
+    assert "| moc | 51.0 ± 1.0 (n=3) | 51.0 |" in text
+    assert "`python benchmarks/accuracy.py --test`" in text
+    csv_lines = (tmp_path / "accuracy.csv").read_text().splitlines()
+    assert csv_lines[0] == "grid,task,label,seed,learning_rate,metric,value,trainable_params,wall_s"
+    assert len(csv_lines) == 7
+    assert json.loads(store.read_text().splitlines()[0])["budget"]["max_steps"] == 5
