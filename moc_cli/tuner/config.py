@@ -15,8 +15,12 @@ Choices recorded here (see docs/moc-method.md, marked [choice] there):
   initialised at `alpha`; adds `S * L` parameters.
 - `exclude_self=True` masks the layer's own expert out of the router softmax.
 - `expert_compute="auto"`: the fused sparse autograd function whenever gradients are recorded (it
-  stores about E + 2r numbers per token instead of E*r), and the plain dense formulation under
-  `torch.no_grad()` / inference, where nothing is stored and both compute the same matmuls.
+  stores about E + 2r numbers per token instead of 2*E*r), and the plain dense formulation under
+  `torch.no_grad()` / inference, where nothing is stored. Measured on CPU (2 threads, one site,
+  forward+backward / forward only, N tokens): N=2048, d=384, E=6: sparse 496/187 ms, dense
+  509/120 ms; d=768, E=12: 896/244 vs 848/193 ms; N=1024, d=2048, E=24: 1352/344 vs 1300/348 ms.
+  Training time is equal within 6 %, so memory decides (sparse); without grad dense is up to 1.5x
+  faster. Re-measure on GPUs with large models.
 """
 
 from __future__ import annotations
@@ -140,9 +144,6 @@ class MocConfig(PeftConfig):
             "'reader': 'arg:<i>:<name>' | 'tap:<path>'}, 'ffn': {...}}} (paths relative to a layer)."
         },
     )
-    exclude_modules: list[str] | str | None = field(
-        default=None, metadata={"help": "Module names excluded from targeting (peft standard field)."}
-    )
     modules_to_save: list[str] | None = field(
         default=None,
         metadata={
@@ -158,8 +159,10 @@ class MocConfig(PeftConfig):
         self.peft_type = MocPeftType.MOC
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
-        if isinstance(self.exclude_modules, (set, tuple)):
-            self.exclude_modules = sorted(self.exclude_modules)
+        if self.target_modules == "all-linear":
+            raise _bad(
+                "target_modules", self.target_modules, "None, a regex or a list of transformer layer names"
+            )
         self._validate()
 
     def _validate(self) -> None:

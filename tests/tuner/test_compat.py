@@ -103,3 +103,34 @@ def test_plain_trainer_trains_moc_with_balance_loss(tmp_path) -> None:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 4
     assert routing_stats(model)["balance_loss"] is not None
+
+
+def test_generate_with_cache_and_padding() -> None:
+    t = tiny("llama")
+    model = get_peft_model(t.build(), MocConfig(r=4, task_type="CAUSAL_LM"))
+    _randomize(model)
+    model.eval()
+    ids = t.inputs["input_ids"][:1, :4]
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False
+        )
+        # greedy continuation with the cache equals step-by-step argmax without it
+        seq = ids
+        for _ in range(3):
+            nxt = model(input_ids=seq, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], dim=1)
+    assert torch.equal(out, seq)
+
+
+@pytest.mark.slow  # dynamo tracing takes ~20 s on CPU
+def test_torch_compile_matches_eager() -> None:
+    t = tiny("bert")
+    model = get_peft_model(t.build(), MocConfig(r=4, task_type="SEQ_CLS"))
+    _randomize(model)
+    model.eval()
+    with torch.no_grad():
+        eager = model(**t.model_inputs).logits
+        compiled = torch.compile(model.get_base_model(), backend="eager")
+        out = compiled(**t.model_inputs).logits
+    torch.testing.assert_close(out, eager)

@@ -63,8 +63,10 @@ def test_fresh_process_reload_all_architectures(tmp_path: Path) -> None:
 
     script = textwrap.dedent(
         f"""
-        import sys, torch, transformers
+        import sys
         import moc_cli
+        print("cli", sorted(m for m in ("typer", "click", "moc_cli.cli") if m in sys.modules))
+        import torch, transformers
         from peft import PeftModel
         torch.set_num_threads(1)
         root = {str(tmp_path)!r}
@@ -81,6 +83,7 @@ def test_fresh_process_reload_all_architectures(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    assert lines.pop("cli") == "[]"  # `import moc_cli` stays free of the CLI stack
     assert lines == {arch: "True 0" for arch, _ in jobs}
 
 
