@@ -20,6 +20,8 @@ Examples:
   moc train --recipe glue/sst2 --config my.yaml method.name=lora --dry-run
 
   moc train --recipe glue/sst2 --resume auto --output-dir runs/sst2-r8
+
+Every key with its type and default: `moc schema`; a recipe resolved with sources: `moc cat glue/sst2`.
 """
 
 

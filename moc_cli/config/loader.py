@@ -165,6 +165,13 @@ def _issue_from_pydantic(err: dict[str, Any], merged: dict[str, Any], prov: Prov
         return ConfigIssue(
             path, f"required key is missing; set it in a recipe, --config file or `{path}=...`"
         )
+    if kind in ("model_attributes_type", "model_type", "dict_type") and not isinstance(value, dict):
+        example = (
+            f"method.name={value}" if dotted == "method" and isinstance(value, str) else f"{dotted}.<key>=..."
+        )
+        return ConfigIssue(
+            path, f"expected a mapping of keys, got {value!r}; set keys below it, e.g. `{example}`", source
+        )
     if kind == "value_error":
         return ConfigIssue(path, str(err["msg"]).removeprefix("Value error, "), source)
     shown = value if not isinstance(value, dict) else "a mapping"

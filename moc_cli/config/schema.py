@@ -16,7 +16,8 @@ from moc_cli.config import choices as C
 class Section(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # coerce_numbers_to_str: `data.name=1` or a numeric folder name on the command line stays usable.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 def _steps_or_ratio(name: str, value: float | int | None) -> float | int | None:

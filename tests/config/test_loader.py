@@ -360,3 +360,17 @@ def test_warmup_steps_fractional_count_rejected(recipes_root: Path) -> None:
 def test_report_to_accepts_a_single_string(recipes_root: Path) -> None:
     cfg, _ = load_run_config("glue/sst2", None, ["training.report_to=tensorboard"])
     assert cfg.training.report_to == ["tensorboard"]
+
+
+def test_section_given_a_scalar_points_to_its_keys(recipes_root: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_run_config("glue/sst2", None, ["method=lora", "training=5"])
+    assert _messages(exc) == [
+        "method: expected a mapping of keys, got 'lora'; set keys below it, e.g. `method.name=lora` [from override]",
+        "training: expected a mapping of keys, got 5; set keys below it, e.g. `training.<key>=...` [from override]",
+    ]
+
+
+def test_numbers_given_to_string_keys_stay_usable(recipes_root: Path) -> None:
+    cfg, _ = load_run_config("glue/sst2", None, ["data.name=1", "output.dir=2024"])
+    assert cfg.data.name == "1" and cfg.output.dir == "2024"
