@@ -13,6 +13,7 @@ def merge_export(
         Path,
         typer.Argument(
             help="Run directory (with config.yaml and adapter/) or a bare peft adapter directory.",
+            metavar="RUN_OR_ADAPTER_DIR",
             show_default=False,
         ),
     ],
@@ -21,7 +22,7 @@ def merge_export(
         typer.Option(
             "--format",
             "-f",
-            help="bundle | merged | onnx. Default: merged for LoRA/DoRA/IA3, bundle otherwise "
+            help="bundle | merged | onnx. Default: merged for LoRA/DoRA/IA3 and full fine-tuning, bundle otherwise "
             "(MoC, Control and MoLEx cannot be folded into the base weights).",
             show_default=False,
         ),

@@ -13,12 +13,13 @@ def predict(
         Path,
         typer.Argument(
             help="An export (bundle or merged) or a run directory (its adapter is loaded).",
+            metavar="EXPORT_OR_RUN_DIR",
             show_default=False,
         ),
     ],
     texts: Annotated[
         list[str] | None,
-        typer.Argument(help="Input texts; or use --file.", show_default=False),
+        typer.Argument(help="Input texts; or use --file.", metavar="TEXT", show_default=False),
     ] = None,
     file: Annotated[
         Path | None,
