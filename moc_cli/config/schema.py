@@ -135,7 +135,6 @@ class _ControlFields(Section):
     layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="Restrict the controlled layers to these indices of the layer list."
     )
-    exclude_modules: TargetModules = Field(None, description="Module names excluded from targeting.")
     architecture: dict[str, Any] | None = Field(
         None,
         description="Override of the architecture map entry: {layers: path, sites: {attn: {writer, reader}, ...}}.",
