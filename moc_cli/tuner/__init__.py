@@ -1,5 +1,10 @@
 """Mixture-of-Control (MoC) as a custom peft tuner.
 
+Modules: `config` (MocConfig, documented choices), `architectures` (declarative site map),
+`functional` (fused sparse / dense expert mixture), `state` (shared parameters and per-forward
+runtime: routing, balance loss, statistics), `layer` (parameter-free wrappers of writers and taps),
+`model` (MocModel, the peft tuner), `profiling` (bytes saved for backward).
+
 `register_moc()` (run by `import moc_cli`) registers MoC with peft through its own `str` Enum
 `MocPeftType` and the three peft mapping dicts (no enum internals), idempotently. Every process
 that loads a saved MoC adapter must `import moc_cli` first.

@@ -156,7 +156,7 @@ class MocModel(BaseTuner):
 
     def _moc_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         runtime = self.moc_runtime
-        losses = runtime.consume_events(training=module.training)
+        losses = runtime.consume_events()
         if not module.training or not losses:
             return None
         aux = None

@@ -108,7 +108,8 @@ class MocRuntime:
         self.attention_mask: torch.Tensor | None = None
         self.taps: dict[tuple[int, str], torch.Tensor] = {}
         self.routes: dict[tuple[str, int], RouteDecision] = {}
-        self.events: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        # (adapter, router key, layer pos, probs [N, E], top-1 [N], real-token mask [N] or None)
+        self.events: list[tuple[str, str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.stats: dict[str, RoutingStats] = {}
 
     # ----------------------------------------------------------------------------------- forward context
@@ -119,7 +120,7 @@ class MocRuntime:
         self.routes.clear()
         self.events.clear()
 
-    def finish(self) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def finish(self) -> list[tuple[str, str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         events = list(self.events)
         self.recording = False
         self.attention_mask = None
@@ -221,15 +222,15 @@ class MocRuntime:
             self.routes[(adapter, pos)] = decision
         if self.recording:
             mask = self.token_mask(lead, u2.device)
-            self.events.append((adapter, key, pos, probs, idx[:, 0], mask))  # type: ignore[arg-type]
+            self.events.append((adapter, key, pos, probs, idx[:, 0], mask))
         return decision
 
     # ------------------------------------------------------------------------------------ statistics
-    def consume_events(self, training: bool) -> dict[str, torch.Tensor]:
+    def consume_events(self) -> dict[str, torch.Tensor]:
         """Fold this forward's routing events into the statistics; return the balance loss per adapter."""
         events = self.finish()
         per_adapter: dict[str, list[torch.Tensor]] = {}
-        for adapter, key, pos, probs, top1, mask in events:  # type: ignore[misc]
+        for adapter, key, pos, probs, top1, mask in events:
             config = self.configs.get(adapter)
             state = self.states[adapter] if self.states is not None and adapter in self.states else None
             if config is None or state is None:

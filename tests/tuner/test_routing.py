@@ -108,23 +108,31 @@ def test_balance_loss_value_matches_reference_and_trainer_style_loss() -> None:
 
 
 def _control_reference(base, t, cfg, state) -> torch.Tensor:
-    """Hand-written per-block Control: hooks add s * B_l A_l u at each ffn site of a LLaMA model."""
+    """Hand-written per-block Control: hooks add s * B_l A_l u at every site (LLaMA pre-LN, BERT post-LN)."""
     plan = resolve_plan(base, cfg)
     handles, stash = [], {}
     for i, name in enumerate(plan.layer_names):
         layer = base.get_submodule(name)
-        a = state.A["ffn"][i].detach()
-        b = state.Bt["ffn"][i].detach().t()
-        handles.append(
-            layer.post_attention_layernorm.register_forward_pre_hook(
-                lambda m, args, i=i: stash.__setitem__(i, args[0])
-            )
-        )
-        handles.append(
-            layer.mlp.register_forward_hook(
-                lambda m, args, out, i=i, a=a, b=b: out + ((stash[i] @ a.t()) @ b.t()) * cfg.control_scale
-            )
-        )
+        for site in cfg.site_types:
+            a = state.A[site][i].detach()
+            b = state.Bt[site][i].detach().t()
+            if t.arch == "llama":
+                reader = layer.input_layernorm if site == "attn" else layer.post_attention_layernorm
+                writer = layer.self_attn if site == "attn" else layer.mlp
+                handles.append(
+                    reader.register_forward_pre_hook(
+                        lambda m, args, k=(i, site): stash.__setitem__(k, args[0])
+                    )
+                )
+            else:  # BERT: u is the residual input of the output sub-module (argument 1)
+                writer = layer.attention.output if site == "attn" else layer.output
+
+            def add(m, args, out, k=(i, site), a=a, b=b):
+                u = stash.pop(k) if t.arch == "llama" else args[1]
+                c = ((u @ a.t()) @ b.t()) * cfg.control_scale
+                return (out[0] + c,) + tuple(out[1:]) if isinstance(out, tuple) else out + c
+
+            handles.append(writer.register_forward_hook(add))
     try:
         with torch.no_grad():
             return base(**t.model_inputs).logits
@@ -133,10 +141,11 @@ def _control_reference(base, t, cfg, state) -> torch.Tensor:
             h.remove()
 
 
+@pytest.mark.parametrize("arch", ["llama", "bert"])
 @pytest.mark.parametrize("kw", [{"global_control": False}, {"alpha": 1.0}])
-def test_control_baseline_is_exact(kw: dict) -> None:
-    t = tiny("llama")
-    cfg = MocConfig(r=4, task_type="CAUSAL_LM", variant="ffn", **kw)
+def test_control_baseline_is_exact(arch: str, kw: dict) -> None:
+    t = tiny(arch)
+    cfg = MocConfig(r=4, task_type=t.task_type, variant="both-separate", **kw)
     model = get_peft_model(t.build(), cfg)
     _randomize(model)
     state = model.base_model.moc_state["default"]
@@ -144,8 +153,25 @@ def test_control_baseline_is_exact(kw: dict) -> None:
     with torch.no_grad():
         moc = model(**t.model_inputs).logits
     fresh = t.build()
+    if arch == "bert":  # the trained head copy is part of the model under test
+        fresh.classifier.load_state_dict(
+            model.base_model.model.classifier.modules_to_save["default"].state_dict()
+        )
     ref = _control_reference(fresh, t, cfg, state)
     assert torch.equal(moc, ref)
+
+
+def test_balance_loss_added_for_task_type_none() -> None:
+    t = tiny("vit")  # PeftModel.forward calls the base model directly for task_type=None
+    model = get_peft_model(t.build(), MocConfig(r=4, aux_loss_coef=0.3))
+    _randomize(model)
+    model.eval()
+    with torch.no_grad():
+        task = model(**t.batch()).loss
+    model.train()
+    loss = model(**t.batch()).loss
+    balance = routing_stats(model)["balance_loss"]
+    torch.testing.assert_close(loss.detach(), task + 0.3 * balance)
 
 
 def test_dense_soft_mixture_special_case() -> None:
