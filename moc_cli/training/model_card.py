@@ -41,10 +41,13 @@ def render_model_card(
     auto_class: str,
 ) -> str:
     """Markdown with YAML front matter (`library_name: peft`, base model, tags) for the adapter folder."""
-    tags = ["peft", "moc_cli", method] + (
-        ["moc", "mixture-of-control"] if method in ("moc", "control") else []
+    tags = (
+        (["peft"] if method != "full" else [])
+        + ["moc_cli", method]
+        + (["moc", "mixture-of-control"] if method in ("moc", "control") else [])
     )
-    front = ["---", "library_name: peft", f"base_model: {base_model}", "tags:"]
+    library = "transformers" if method == "full" else "peft"
+    front = ["---", f"library_name: {library}", f"base_model: {base_model}", "tags:"]
     front += [f"  - {tag}" for tag in dict.fromkeys(tags)]
     front.append("---")
 
@@ -66,25 +69,32 @@ def render_model_card(
         lines += [f"| {key} | {_format(value)} |" for key, value in metrics.items()]
     else:
         lines.append("No evaluation split was configured.")
-    lines += [
-        "",
-        "## Loading",
-        "",
-        "`import moc_cli` registers the MoC and MoLEx tuners with peft; without it peft cannot read",
-        "this adapter's `peft_type`.",
-        "",
-        "```python",
-        "import moc_cli  # registers the MoC tuner with peft",
-        "from peft import PeftModel",
-        f"from transformers import {auto_class}",
-        "",
-        f'base = {auto_class}.from_pretrained("{base_model}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/adapter")',
-        "```",
-        "",
-        "Or evaluate it from the command line: `moc eval path/to/run_dir`.",
-        "",
-    ]
+    lines += ["", "## Loading", ""]
+    if method == "full":
+        lines += [
+            "This folder holds the full fine-tuned model (no adapter):",
+            "",
+            "```python",
+            f"from transformers import {auto_class}",
+            "",
+            f'model = {auto_class}.from_pretrained("path/to/this/folder")',
+            "```",
+        ]
+    else:
+        lines += [
+            "`import moc_cli` registers the MoC and MoLEx tuners with peft; without it peft cannot read",
+            "this adapter's `peft_type`.",
+            "",
+            "```python",
+            "import moc_cli  # registers the MoC tuner with peft",
+            "from peft import PeftModel",
+            f"from transformers import {auto_class}",
+            "",
+            f'base = {auto_class}.from_pretrained("{base_model}")',
+            'model = PeftModel.from_pretrained(base, "path/to/this/adapter")',
+            "```",
+        ]
+    lines += ["", "Or evaluate it from the command line: `moc eval path/to/run_dir`.", ""]
     if method in ("moc", "control"):
         lines += [
             "MoC controls act on hidden states with input-dependent routing, so they cannot be merged into",

@@ -59,7 +59,7 @@ def config_file(tmp_path: Path, tiny_bert: Path, sst2_dir: Path) -> Path:
             "max_train_samples": 48,
             "max_eval_samples": 40,
         },
-        "method": {"name": "moc", "r": 4, "expert_compute": "dense"},
+        "method": {"name": "moc", "r": 4},
         "training": {
             "max_steps": 6,
             "learning_rate": 0.01,

@@ -32,7 +32,6 @@ def test_instruct_run_reports_perplexity_and_samples(
             f"data.files.train={data}",
             "data.max_train_samples=16",
             "method.name=moc",
-            "method.expert_compute=dense",
             "training.max_steps=2",
             "training.per_device_train_batch_size=4",
             "training.gradient_accumulation_steps=2",

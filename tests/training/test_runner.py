@@ -16,7 +16,7 @@ from moc_cli.training import RunInterrupted, RunSetupError, run_eval, run_traini
 from moc_cli.training.callbacks import read_metrics
 from moc_cli.training.run_dir import is_complete_checkpoint
 
-MOC = ("method.name=moc", "method.expert_compute=dense")
+MOC = ("method.name=moc",)
 
 
 def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
