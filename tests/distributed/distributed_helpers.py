@@ -25,7 +25,7 @@ def minilm_tokenizer_dir() -> Path | None:
     return folder if (folder / "vocab.txt").is_file() else None
 
 
-def save_tiny_bert(target: Path, tokenizer_dir: Path) -> Path:
+def save_tiny_bert(target: Path, tokenizer_dir: Path, dropout: float = 0.1) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) with MiniLM's tokenizer, saved as safetensors."""
     from transformers import BertConfig, BertModel
 
@@ -36,6 +36,8 @@ def save_tiny_bert(target: Path, tokenizer_dir: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(target)
@@ -94,3 +96,25 @@ def train_losses(run_dir: Path) -> dict[int, float]:
         if "loss" in record and "step" in record:
             out[int(record["step"])] = float(record["loss"])
     return out
+
+
+def run_overrides(model_dir: Path, data: dict[str, Path]) -> list[str]:
+    """A MoC run on a tiny BERT: checkpoint every 10 steps, no mid-run eval (batch size set by callers)."""
+    return [
+        f"model.name_or_path={model_dir}",
+        "task.name=glue/sst2",
+        "task.max_length=32",
+        f"data.files.train={data['train']}",
+        f"data.files.validation={data['validation']}",
+        "method.name=moc",
+        "method.r=4",
+        "training.learning_rate=0.01",
+        "training.per_device_eval_batch_size=32",
+        "training.logging_steps=5",
+        "training.eval_strategy='no'",  # quoted: YAML reads a bare no as false
+        "training.save_strategy=steps",
+        "training.save_steps=10",
+        "training.save_total_limit=null",
+        "training.warmup_steps=0",
+        "output.progress=plain",
+    ]
