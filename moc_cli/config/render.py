@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -12,9 +13,11 @@ from moc_cli.config.schema import RunConfig
 def _scalar(value: Any) -> str:
     """One-line YAML for a scalar or a list (flow style), as safe_load would read it back."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
-    if text.endswith("\n..."):
-        text = text[: -len("\n...")]
-    return text.removesuffix("...").strip()
+    text = text.removesuffix("...").strip()
+    if "\n" in text:
+        # multi-line strings: a JSON string is a valid one-line YAML double-quoted scalar
+        return json.dumps(value, ensure_ascii=False)
+    return text
 
 
 def _ordered(path: str, mapping: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -374,3 +374,11 @@ def test_section_given_a_scalar_points_to_its_keys(recipes_root: Path) -> None:
 def test_numbers_given_to_string_keys_stay_usable(recipes_root: Path) -> None:
     cfg, _ = load_run_config("glue/sst2", None, ["data.name=1", "output.dir=2024"])
     assert cfg.data.name == "1" and cfg.output.dir == "2024"
+
+
+def test_render_round_trips_awkward_strings(recipes_root: Path) -> None:
+    cfg, prov = load_run_config("glue/sst2", None, ["task.options={a: [1, {b: 2}], c: 'x: y # z'}"])
+    cfg = cfg.model_copy(update={"description": "two\nlines: with # hash\n  and indent"})
+    text = render_config(cfg, prov)
+    assert yaml.safe_load(text) == cfg.model_dump(mode="json")
+    assert len([line for line in text.splitlines() if line.startswith("description:")]) == 1

@@ -9,6 +9,7 @@ import pytest
 from moc_cli.config import list_recipes, load_run_config, resource_dir
 from moc_cli.config.preflight import preflight
 
+EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "examples").glob("*.yaml"))
 RECIPES = list_recipes()
 
 
@@ -25,3 +26,12 @@ def test_shipped_recipe_validates(name: str) -> None:
     assert cfg.task.name, name
     issues = preflight(cfg, provenance)
     assert issues == [], "\n".join(str(i) for i in issues)
+
+
+@pytest.mark.parametrize("name", RECIPES or ["<none>"])
+@pytest.mark.parametrize("example", EXAMPLE_CONFIGS, ids=lambda p: p.name)
+def test_example_configs_layer_over_every_recipe(name: str, example: Path) -> None:
+    if name == "<none>":
+        pytest.skip("no recipes shipped yet under recipes/")
+    cfg, provenance = load_run_config(name, str(example), [])
+    assert any(source == f"file:{example}" for source in provenance.values())
