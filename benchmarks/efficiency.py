@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", help="restrict to these methods (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, action="append")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per method and round")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="timed steps per method and round (0: no timing)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all methods")
     parser.add_argument("--threads", type=int, default=2)

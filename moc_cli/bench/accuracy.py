@@ -169,6 +169,9 @@ def cell_overrides(cell: Cell, run_dir: Path) -> list[str]:
         f"task.name={cell.task}",
         f"task.max_length={b.max_length}",
         *data_overrides(cell.task),
+        # Exactly the examples one pass of the budget sees: same data for every method, and no time
+        # spent tokenising rows that would never be used.
+        f"data.max_train_samples={b.max_steps * b.batch_size}",
         f"seed={cell.seed}",
         *cell.method_overrides,
         f"training.learning_rate={cell.learning_rate}",

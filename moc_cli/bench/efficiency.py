@@ -61,8 +61,8 @@ class MethodResult:
     step_times: list[float] = field(default_factory=list)
 
     @property
-    def median_step_s(self) -> float:
-        return statistics.median(self.step_times) if self.step_times else float("nan")
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_times) if self.step_times else None
 
 
 def resolve_benchmark_model(name: str) -> BenchModel:
@@ -181,6 +181,8 @@ def measure_in_process(
     import torch
 
     results = {m: MethodResult(m) for m in methods}
+    if steps == 0:
+        rounds, warmup = 1, 0  # no timing: only parameters and saved bytes
     for round_index in range(rounds):
         for method in methods:
             model = build_model(bench_model, method).to(device)
@@ -202,13 +204,14 @@ def measure_in_process(
                 train_step(model, optimizer, batch)
                 _sync(device)
                 res.step_times.append(time.perf_counter() - start)
-            if device == "cuda":
+            if device == "cuda" and steps > 0:
                 peak = torch.cuda.max_memory_allocated() - base_alloc
                 res.peak_bytes = max(res.peak_bytes or 0, peak)
                 res.peak_kind = "CUDA peak allocated above the idle model"
+            timing = f"median {statistics.median(res.step_times[-steps:]):.3f}s, " if steps > 0 else ""
             log(
                 f"[{bench_model.label} seq={seq_len}] round {round_index + 1}/{rounds} {method}: "
-                f"median {statistics.median(res.step_times[-steps:]):.3f}s, saved {res.saved_bytes / 2**20:.1f} MiB"
+                f"{timing}saved {res.saved_bytes / 2**20:.1f} MiB"
             )
             del model, optimizer, batch
             gc.collect()

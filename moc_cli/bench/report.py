@@ -84,8 +84,13 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
             f"{m['platform']}; torch threads {m['torch_threads']}",
             f"- versions: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
             f"peft {m['peft']}",
-            f"- timing: {run['warmup']} warm-up + {run['steps']} timed steps per method and round, "
-            f"{run['rounds']} rounds; load average (1/5/15 min) at start "
+            (
+                f"- timing: {run['warmup']} warm-up + {run['steps']} timed steps per method and round, "
+                f"{run['rounds']} rounds"
+                if run["steps"] > 0
+                else "- timing: not measured in this run (saved bytes and peak memory only)"
+            )
+            + "; load average (1/5/15 min) at start "
             f"{'/'.join(f'{x:.2f}' for x in m['load_average_start'])}, at end "
             f"{'/'.join(f'{x:.2f}' for x in m.get('load_average_end', []))}"
             + (
@@ -103,7 +108,7 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
                 f"| `{r['method']}` | {r['trainable_params']:,} | {_fmt(r['params_vs_control'], '.3f')} "
                 f"| {_mib(r['saved_bytes'])} | {_fmt(r['saved_vs_control'], '.3f')} "
                 f"| {_mib(r['peak_bytes'])} | {_fmt(r['peak_vs_control'], '.3f')} "
-                f"| {r['median_step_s']:.3f} | {_fmt(r['time_vs_control'], '.3f')} |"
+                f"| {_fmt(r['median_step_s'], '.3f')} | {_fmt(r['time_vs_control'], '.3f')} |"
             )
         targets = _targets(rows)
         if targets:

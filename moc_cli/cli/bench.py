@@ -41,7 +41,8 @@ def bench(
         ),
     ] = None,
     steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Efficiency: timed steps per method and round.")
+        int,
+        typer.Option("--steps", min=0, help="Efficiency: timed steps per method and round (0: no timing)."),
     ] = 5,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Efficiency: untimed warm-up steps.")] = 2,
     rounds: Annotated[
