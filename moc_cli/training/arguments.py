@@ -75,6 +75,9 @@ def training_arguments(
 
     import torch
 
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        # Without an accelerator, bf16 autocast runs on CPU only when asked for explicitly.
+        kwargs["use_cpu"] = True
     kwargs.update(
         output_dir=str(output_dir),
         # Pinned memory only helps host-to-GPU copies (and warns on every DataLoader without one).

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -211,3 +212,48 @@ def test_refuses_non_empty_output_dir_before_loading_anything(make_config, tmp_p
         run_training(cfg, {}, None)
     assert f"output directory {out} is not empty; pass --overwrite" in str(info.value)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_best_checkpoint_by_the_task_metric_with_early_stopping(make_config, tmp_path: Path) -> None:
+    cfg = make_config(
+        "method.name=moc",
+        "training.max_steps=6",
+        "training.learning_rate=0.05",
+        "training.eval_steps=1",
+        "training.save_steps=1",
+        "training.save_total_limit=1",
+        "training.load_best_model_at_end=true",
+        "training.metric_for_best_model=loss",
+        "training.early_stopping_patience=2",
+        output=tmp_path / "best",
+    )
+    run = run_training(cfg, {}, None)
+    events = read_metrics(run / "logs" / "metrics.jsonl")
+    evals = [e for e in events if e["kind"] == "eval"]
+    best = min(evals, key=lambda e: e["eval_loss"])
+    final = next(e for e in events if e["kind"] == "final_eval")
+    # The reloaded best checkpoint is what the final evaluation (and the saved adapter) reflects.
+    assert final["eval_loss"] == best["eval_loss"]
+    assert results(run)["metrics"]["validation"]["eval_loss"] == best["eval_loss"]
+    state = json.loads(next((run / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["best_metric"] == best["eval_loss"]
+    assert state["best_model_checkpoint"].endswith(f"checkpoint-{best['step']}")
+
+
+def test_eval_rejects_splits_without_data(reference_run: dict) -> None:
+    with pytest.raises(
+        RunSetupError, match=r"split 'test' is not in the data of task glue/sst2 \(available: "
+    ):
+        run_eval(reference_run["run"], "test", [])
+
+
+def test_resume_warns_on_config_drift(reference_run: dict, capsys) -> None:
+    from moc_cli.training.run_dir import RunDir
+    from moc_cli.training.runner import _check_drift
+
+    saved = yaml.safe_load((reference_run["run"] / "config.yaml").read_text())
+    changed = {**saved, "seed": 7, "training": {**saved["training"], "max_steps": 9}}
+    _check_drift(RunDir(reference_run["run"]), changed)
+    err = capsys.readouterr().err.splitlines()
+    prefix = f"warning: resuming with a config that differs from {reference_run['run'] / 'config.yaml'}: "
+    assert err == [prefix + "seed: 42 -> 7", prefix + "training.max_steps: 8 -> 9"]
