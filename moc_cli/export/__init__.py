@@ -1,4 +1,4 @@
-"""Export (bundle / merged / onnx), `load_exported` and `predict`; heavy imports happen on first use."""
+"""Export (bundle / merged / onnx) and `load_exported`; heavy imports happen on first use."""
 
 from __future__ import annotations
 
@@ -31,11 +31,6 @@ def export(run_or_adapter_dir: str | Path, fmt: str | None = None, **kwargs: Any
     return _export(run_or_adapter_dir, fmt, **kwargs)
 
 
-def predict(model_dir: str | Path, inputs: list[Any], **kwargs: Any) -> list[dict[str, Any]]:
-    """Predict with an export or run directory; see `moc_cli.export.predict.predict`."""
-    from moc_cli.export.predict import predict as _predict
-
-    return _predict(model_dir, inputs, **kwargs)
-
-
-__all__ = ["ExportError", "export", "load_exported", "predict"]
+# `predict(model_dir, inputs)` lives in the submodule `moc_cli.export.predict` (a package-level
+# function of the same name would be shadowed by the submodule once it is imported).
+__all__ = ["ExportError", "export", "load_exported"]

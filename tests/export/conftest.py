@@ -154,6 +154,7 @@ def make_run(
     safe_serialization: bool = True,
     dtype: str = "float32",
     name_or_path: str | None = None,
+    weight_scale: float = 0.2,
 ) -> Run:
     """Build the model exactly as the runner does, give the adapter non-trivial weights, save the run."""
     from moc_cli.export.build import register_methods

@@ -115,3 +115,25 @@ def test_predict_input_errors(tmp_path: Path, moc_bundle, cli) -> None:
     result = cli("predict", bundle, "--file", bad)
     assert result.exit_code == 2
     assert f"{bad} line 2: expected an object with field 'text' or 'sentence1'" in result.stderr
+
+
+def test_predict_on_merged_lora_export(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import moc_cli.export as export_api
+    from moc_cli.export.predict import predict
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    merged = export_api.export(run.root, "merged").path
+    rows = predict(merged, SAMPLE_TEXTS, batch_size=2)
+    assert [_rounded(r) for r in rows] == _reference(run, SAMPLE_TEXTS[:2]) + _reference(
+        run, SAMPLE_TEXTS[2:]
+    )
+
+
+def test_predict_on_onnx_export_points_to_onnxruntime(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    import moc_cli.export as export_api
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc")
+    onnx_dir = export_api.export(run.root, "onnx").path
+    result = cli("predict", onnx_dir, "text")
+    assert result.exit_code == 2
+    assert "is an ONNX export; run it with onnxruntime.InferenceSession(" in result.stderr
