@@ -203,14 +203,15 @@ def run_cell(cell: Cell, work_dir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - started
     results = json.loads((Path(root) / "eval" / "results.json").read_text())
     main_key = results["main_metric"]
-    split = results["summary"].get("split") or next(iter(results["metrics"]))
+    summary = results["summary"]
+    split = summary.get("eval_split") or next(iter(results["metrics"]))
     metrics = results["metrics"][split]
     return {
         "metric": main_key.removeprefix("eval_"),
         "value": float(metrics[main_key]),
         "split": split,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "trainable_params": results["summary"].get("trainable_params"),
+        "trainable_params": summary.get("trainable_parameters"),
         "wall_s": round(wall, 1),
         "run_dir": str(root),
     }

@@ -83,10 +83,13 @@ def bench(
 
       moc bench accuracy --task glue/rte --seed 0 --seed 1 --seed 2 --max-steps 300
     """
+    import shlex
     import sys
 
-    argv = [f"moc bench {suite.value}", *sys.argv[3:]] if len(sys.argv) > 2 else [f"moc bench {suite.value}"]
-    command = " ".join(argv)
+    # The exact command, recorded in the results files (global options before `bench` are dropped).
+    args = sys.argv[1:]
+    tail = args[args.index("bench") + 1 :] if "bench" in args else [suite.value]
+    command = shlex.join(["moc", "bench", *tail])
     if suite is Suite.efficiency:
         from moc_cli.bench.efficiency import EfficiencyError, run_efficiency_benchmark
 

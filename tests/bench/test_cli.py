@@ -1,0 +1,35 @@
+"""`moc bench` through the project's Typer app: help, and input errors exit 2 naming the option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from moc_cli.cli.app import app
+
+ENV = {"COLUMNS": "200", "HF_HUB_OFFLINE": "1"}
+
+
+def test_bench_help_lists_both_suites() -> None:
+    result = CliRunner().invoke(app, ["bench", "--help"], env=ENV)
+    assert result.exit_code == 0
+    assert "efficiency" in result.stdout and "accuracy" in result.stdout
+    assert "moc bench efficiency --model minilm --seq-len 128 --seq-len 512" in result.stdout
+
+
+def test_unknown_efficiency_method_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "efficiency", "--method", "nope", "--output-dir", str(tmp_path)], env=ENV
+    )
+    assert result.exit_code == 2
+    assert "error: --method 'nope' is unknown; choose from moc-ffn" in result.stderr
+    assert not (tmp_path / "efficiency.json").exists()
+
+
+def test_unknown_accuracy_grid_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "accuracy", "--grid", "huge", "--output-dir", str(tmp_path)], env=ENV
+    )
+    assert result.exit_code == 2
+    assert "error: --grid 'huge' is unknown; choose from main, ablations" in result.stderr
