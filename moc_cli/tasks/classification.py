@@ -168,8 +168,7 @@ class ClassificationTask(Task):
 
 def drop_unlabelled(features: datasets.Dataset, split: str) -> datasets.Dataset:
     """Unlabelled test rows (label -1) lose the `labels` column so predict() computes no loss."""
-    if "labels" in features.column_names and ClassificationTask.is_test_split(split):
-        labels = np.asarray(features["labels"])
-        if len(labels) and np.all(labels == -1):
-            return features.remove_columns("labels")
+    test = ClassificationTask.is_test_split(split) and "labels" in features.column_names and len(features)
+    if test and features.unique("labels") in ([-1], [-1.0]):
+        return features.remove_columns("labels")
     return features

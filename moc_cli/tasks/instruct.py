@@ -291,7 +291,7 @@ class InstructTask(Task):
 
     def validate_split(self, ds: datasets.Dataset, split: str, origin: str) -> datasets.Dataset:
         if "messages" in ds.column_names:
-            for row, messages in enumerate(ds["messages"]):
+            for row, messages in enumerate(io.column_values(ds, "messages")):
                 check_messages(self.name, origin, split, row, messages)
             return ds
         optional = ("messages",) + ((self.input_field,) if self.input_field else ())
@@ -352,7 +352,7 @@ class InstructTask(Task):
         for split, ds in raw.items():
             ids_list, label_list = [], []
             dropped = 0
-            for row in ds:
+            for row in ds.to_list():  # one arrow conversion; row iteration decodes row by row
                 enc = self.encode(tokenizer, row, max_length)
                 if enc is None:
                     dropped += 1

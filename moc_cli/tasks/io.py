@@ -90,6 +90,11 @@ def load_file(path: Path, task: str, split: str) -> datasets.Dataset:
     return ds
 
 
+def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
+    """A column as a Python list, converted in one arrow call (iterating `ds[name]` decodes row by row)."""
+    return ds.select_columns([name]).to_dict()[name]
+
+
 def find_split_file(folder: Path, split: str) -> Path | None:
     for stem in (split, *SPLIT_ALIASES.get(split, ())):
         for ext in EXTENSIONS:
@@ -206,7 +211,7 @@ def check_labels(
     column: str = "label",
 ) -> None:
     """Labels must be class indices (or floats for regression); -1 only in test splits."""
-    values = ds[column]
+    values = ds.unique(column)  # arrow-side: iterating a 400k-row column in Python is slow
     if label_names is None:  # regression: any finite float, -1 placeholder in test
         bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
         if bad:
@@ -253,7 +258,7 @@ def normalize_labels(
             return lookup[key]
         return int(key) if key.lstrip("-").isdigit() else value
 
-    converted = [convert(v) for v in ds[column]]
+    converted = [convert(v) for v in column_values(ds, column)]
     if any(isinstance(v, str) for v in converted):
         # leave unmapped strings in place for check_labels to report
         return ds.remove_columns(column).add_column(column, [str(v) for v in converted])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moc_cli.tasks import io
 from moc_cli.tasks.base import TaskDataError
 from moc_cli.tasks.classification import MODEL_INPUT_KEYS, ClassificationTask, drop_unlabelled, logits_of
 from moc_cli.tasks.metrics import accuracy, macro_f1, multirc_scores, record_predictions, record_scores
@@ -133,13 +134,13 @@ class MultiRC(SuperGlueTask):
     ) -> datasets.DatasetDict:
         feats = super().preprocess(raw, tokenizer, max_length)
         for split, ds in raw.items():
-            feats[split] = feats[split].add_column("group_id", multirc_group_ids(ds["idx"]))
+            feats[split] = feats[split].add_column("group_id", multirc_group_ids(io.column_values(ds, "idx")))
         return feats
 
     def make_compute_metrics(
         self, features: datasets.Dataset
     ) -> Callable[[EvalPrediction], dict[str, float]] | None:
-        groups = list(features["group_id"])
+        groups = io.column_values(features, "group_id")
 
         def compute_metrics(p: EvalPrediction) -> dict[str, float]:
             preds = logits_of(p).argmax(-1)
@@ -175,7 +176,7 @@ class ReCoRD(SuperGlueTask):
     def validate_split(self, ds: datasets.Dataset, split: str, origin: str) -> datasets.Dataset:
         ds = super().validate_split(ds, split, origin)
         if not self.is_test_split(split):
-            empty = [i for i, a in enumerate(ds["answers"]) if not a]
+            empty = [i for i, a in enumerate(io.column_values(ds, "answers")) if not a]
             if empty:
                 raise TaskDataError(
                     f"task {self.name}: {origin} (split {split!r}): {len(empty)} row(s) without gold answers "
@@ -218,10 +219,10 @@ class ReCoRD(SuperGlueTask):
     def make_compute_metrics(
         self, features: datasets.Dataset
     ) -> Callable[[EvalPrediction], dict[str, float]] | None:
-        groups = list(features["group_id"])
-        entities = list(features["entity"])
+        groups = io.column_values(features, "group_id")
+        entities = io.column_values(features, "entity")
         gold: dict[int, list[str]] = {}
-        for g, a in zip(groups, features["answers"], strict=True):
+        for g, a in zip(groups, io.column_values(features, "answers"), strict=True):
             gold.setdefault(g, a)
 
         def compute_metrics(p: EvalPrediction) -> dict[str, float]:
