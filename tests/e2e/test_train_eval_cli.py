@@ -132,3 +132,38 @@ def test_train_then_eval_reproduces_metrics(config_file: Path, tmp_path: Path) -
     assert again.exit_code == 2
     assert f"output directory {run_dir} is not empty; pass --overwrite" in again.stderr
     assert tree(run_dir) == EXPECTED_TREE
+
+
+def test_ctrl_c_exits_130_and_resume_auto_finishes(
+    config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from moc_cli.training.callbacks import InterruptCallback
+
+    original = InterruptCallback.on_step_end
+
+    def ctrl_c_at_step_2(self, args, state, control, **kwargs):
+        if state.global_step == 2 and not self.requested:
+            signal.raise_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+        return original(self, args, state, control, **kwargs)
+
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    train = ["train", "--config", str(config_file), "--output-dir", str(run_dir)]
+    with monkeypatch.context() as patch:
+        patch.setattr(InterruptCallback, "on_step_end", ctrl_c_at_step_2)
+        interrupted = runner.invoke(app, train)
+    assert interrupted.exit_code == 130, interrupted.output
+    checkpoint = run_dir / "checkpoints" / "checkpoint-2"
+    assert f"Interrupted: saved a resumable checkpoint at {checkpoint}" in interrupted.stderr
+    assert f"--output-dir {run_dir} --resume auto" in interrupted.stderr
+    assert not (run_dir / "adapter").exists()
+
+    resumed = runner.invoke(app, [*train, "--resume", "auto"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "warning: resuming with a config that differs" not in resumed.stderr
+    # save_total_limit (2) rotated the interrupt checkpoint out: the same tree as an uninterrupted run.
+    assert tree(run_dir) == EXPECTED_TREE
+    state = json.loads((run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
