@@ -51,6 +51,9 @@ class MocLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str) -> None:
         self.moc_adapters[adapter_name] = True
 
+    def _get_available_adapters(self) -> set[str]:
+        return set(self.moc_adapters)
+
     def _is_active(self) -> bool:
         return not self.disable_adapters and any(a in self.moc_adapters for a in self.active_adapters)
 
