@@ -43,12 +43,13 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    typer.echo(title)  # above the table: a Rich title would wrap to the table's narrow width
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in _rows(metrics):
         table.add_row(name, _fmt(value))
-    Console(width=max(80, len(title) + 4)).print(table)
+    Console(width=120).print(table)
 
 
 def eval_(
@@ -82,4 +83,4 @@ def eval_(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     else:
-        print_metrics_table(metrics, f"{path} ({split or 'default split'})")
+        print_metrics_table(metrics, f"{path}  split: {split or 'default'}")

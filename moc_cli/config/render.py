@@ -42,8 +42,18 @@ def render_config(cfg: RunConfig, provenance: dict[str, str]) -> str:
                 rows.append((f"{pad}{key}: {_scalar(value)}", provenance.get(sub, "default")))
 
     walk(cfg.model_dump(mode="json"), "", 0)
-    width = max((len(text) for text, comment in rows if comment), default=0) + 2
-    lines = [text if comment is None else f"{text.ljust(width)}# from {comment}" for text, comment in rows]
+    # Align comments in one column, except that a few long values (descriptions, paths) do not push
+    # it far to the right: they get their comment two spaces after the value.
+    lengths = sorted(len(text) for text, comment in rows if comment)
+    width = (lengths[int(0.9 * (len(lengths) - 1))] if lengths else 0) + 2
+    lines = [
+        text
+        if comment is None
+        else f"{text.ljust(width)}# from {comment}"
+        if len(text) < width
+        else f"{text}  # from {comment}"
+        for text, comment in rows
+    ]
     return "\n".join(lines) + "\n"
 
 

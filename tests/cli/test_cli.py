@@ -258,6 +258,7 @@ def test_eval_prints_a_metrics_table(runner, tmp_path: Path) -> None:
     result = invoke("eval", str(run_dir), "--split", "test", "data.max_test_samples=20")
     assert result.exit_code == 0, result.output
     assert runner.calls == [("eval", (run_dir, "test", ["data.max_test_samples=20"]))]
+    assert result.stdout.splitlines()[0] == f"{run_dir}  split: test"
     rows = [line for line in result.stdout.splitlines() if "accuracy" in line or "eval_loss" in line]
     assert len(rows) == 2
     assert "0.8750" in rows[0] and "0.3125" in rows[1]
