@@ -101,6 +101,7 @@ class ClassificationTask(Task):
         ):
             ds = ds.add_column(label, [-1.0 if self.kind == "regression" else -1] * len(ds))
         io.check_columns(self.name, ds, origin, split, self.required_columns, self.optional_columns)
+        io.check_texts(self.name, ds, origin, split, self.text_columns)
         if label:
             if self.kind != "regression" and self.label_names:
                 ds = io.normalize_labels(ds, self.label_names, label)

@@ -160,7 +160,8 @@ def load_raw(
         )
     if source.path and ("/" not in source.path or source.path.startswith((".", "/", "~"))):
         raise TaskDataError(f"task {task}: data.path {source.path!r} does not exist")
-    config = source.name if source.name is not None else (hub_name if source.path is None else None)
+    # the task's config name applies to its own Hub dataset; another dataset id needs data.name
+    config = source.name if source.name is not None else (hub_name if hub_id == hub_path else None)
     try:
         loaded = datasets.load_dataset(hub_id, config)
     except Exception as err:  # offline mode, missing dataset, network: all end the same way
@@ -199,6 +200,18 @@ def check_columns(
     if unexpected:
         msg += f", unexpected column(s) {unexpected}"
     raise TaskDataError(f"{msg}; expected columns: {expected}")
+
+
+def check_texts(task: str, ds: datasets.Dataset, origin: str, split: str, columns: Iterable[str]) -> None:
+    """Text columns must hold strings (a null would crash the tokenizer far from its cause)."""
+    for name in columns:
+        values = column_values(ds, name)
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise TaskDataError(
+                f"task {task}: {origin} (split {split!r}): row {bad} has {type(values[bad]).__name__} "
+                f"{values[bad]!r} in text column {name!r}; expected a string"
+            )
 
 
 def check_labels(

@@ -78,6 +78,15 @@ def test_label_names_and_booleans_map_to_indices(tmp_path: Path):
         get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
 
 
+def test_null_text_names_the_row(tmp_path: Path):
+    write_jsonl(tmp_path / "train.jsonl", [{"sentence": "fine", "label": 1}, {"sentence": None, "label": 0}])
+    with pytest.raises(
+        TaskDataError,
+        match=r"\(split 'train'\): row 1 has NoneType None in text column 'sentence'; expected a string",
+    ):
+        get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
+
+
 def test_regression_labels_must_be_numbers(tmp_path: Path):
     write_jsonl(tmp_path / "train.jsonl", [{"sentence1": "a", "sentence2": "b", "label": "high"}])
     with pytest.raises(
@@ -142,3 +151,9 @@ def test_hub_failure_points_to_local_data():
         r"set data\.path to a local folder",
     ):
         get_task("glue/cola").load(DataSource())
+    with pytest.raises(TaskDataError, match=r"could not load Hub dataset 'nyu-mll/glue' \(config 'cola'\)"):
+        get_task("glue/cola").load(DataSource(path="nyu-mll/glue"))
+    with pytest.raises(
+        TaskDataError, match=r"could not load Hub dataset 'someone/cola-copy' \(config None\)"
+    ):
+        get_task("glue/cola").load(DataSource(path="someone/cola-copy"))
