@@ -73,8 +73,11 @@ def truncate_metrics(path: Path, max_step: int) -> None:
     events = read_metrics(path)
     if not events:
         return
+    # The end-of-run events are written again when the resumed run finishes.
     kept = [
-        event for event in events if event.get("step", 0) <= max_step and event.get("kind") != "train_end"
+        event
+        for event in events
+        if event.get("step", 0) <= max_step and event.get("kind") not in ("train_end", "final_eval")
     ]
     Path(path).write_text("".join(json.dumps(event) + "\n" for event in kept), encoding="utf-8")
 

@@ -31,6 +31,7 @@ def render_model_card(
     *,
     base_model: str,
     method: str,
+    base_model_name: str | None = None,
     recipe: str | None,
     task: str,
     dataset: str | None,
@@ -53,7 +54,8 @@ def render_model_card(
 
     lines = [*front, "", f"# {task} adapter: {_METHOD_TITLES.get(method, method)}", ""]
     lines += [
-        f"- **Base model:** `{base_model}`",
+        f"- **Base model:** `{base_model_name or base_model}`"
+        + (f" (loaded from `{base_model}`)" if base_model_name and base_model_name != base_model else ""),
         f"- **Method:** `{method}`",
         f"- **Recipe:** `{recipe or 'custom config'}`",
         f"- **Task:** `{task}`",

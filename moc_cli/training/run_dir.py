@@ -194,10 +194,14 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def _version(dist: str) -> str | None:
+def version_of(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
+        if dist == "moc_cli":  # running from a source checkout that is not pip-installed
+            import moc_cli
+
+            return getattr(moc_cli, "__version__", None)
         return None
 
 
@@ -213,7 +217,7 @@ def environment_record(seed: int | None, provenance: dict[str, str] | None) -> d
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {
-            dist: _version(dist)
+            dist: version_of(dist)
             for dist in ("moc_cli", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors")
         },
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

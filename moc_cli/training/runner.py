@@ -21,6 +21,7 @@ from moc_cli.training.run_dir import (
     replace_dir,
     resolve_resume,
     temp_dir_beside,
+    version_of,
     write_json,
 )
 
@@ -298,8 +299,6 @@ def _finish(
     routing: Any,
     started: float,
 ) -> Path:
-    from importlib import metadata
-
     from moc_cli.training.callbacks import read_metrics
     from moc_cli.training.model_card import render_model_card
     from moc_cli.training.plots import plot_curves, plot_routing
@@ -325,14 +324,10 @@ def _finish(
         main_key = "eval_loss"
     main_value = split_metrics[main_split].get(main_key) if main_split else None
 
-    versions = {}
-    for dist in ("moc_cli", "peft", "transformers", "torch"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+    versions = {dist: version_of(dist) for dist in ("moc_cli", "peft", "transformers", "torch")}
     card = render_model_card(
         base_model=source,
+        base_model_name=str(cfg_data["model"]["name_or_path"]),
         method=method,
         recipe=cfg_data.get("recipe"),
         task=task.name,

@@ -64,6 +64,8 @@ def test_metrics_jsonl_appends_and_truncates(tmp_path: Path, args: TrainingArgum
         {"step": 6, "epoch": 0.6, "kind": "train", "loss": "nan"},
         {"step": 6, "epoch": 0.6, "kind": "final_eval", "eval_loss": 0.3},
     ]
+    truncate_metrics(path, 6)  # resuming from the last checkpoint: end-of-run events come again
+    assert [(e["step"], e["kind"]) for e in read_metrics(path)] == [(2, "train"), (4, "eval"), (6, "train")]
     truncate_metrics(path, 4)
     assert [e["step"] for e in read_metrics(path)] == [2, 4]
 
