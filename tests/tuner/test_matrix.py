@@ -101,3 +101,61 @@ def test_hidden_states_include_control(arch: str, variant: str) -> None:
     for i in range(LAYERS - 1):  # the last entry may be taken after the final norm
         assert torch.equal(states[i + 1], captured[i]), f"hidden state {i + 1} misses the control"
     assert not torch.equal(_logits(out), _logits(base_out))
+
+
+ATTENTION_MODULE = {
+    "llama": "self_attn",
+    "mistral": "self_attn",
+    "qwen2": "self_attn",
+    "gemma": "self_attn",
+    "gpt2": "attn",
+}
+PRE_LN = {"llama", "mistral", "qwen2", "gemma", "gpt2", "vit"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sites_read_u_where_the_method_table_says(arch: str) -> None:
+    """attn site: u = block input (both families); ffn site: post-LN u = attention sub-block output,
+    pre-LN u = block input + attention branch output (the residual before the FFN norm)."""
+    t, _, model = _wrap(arch, "both-separate")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".moc_state." in name:
+                p.normal_(std=0.3)
+    base = model.get_base_model()
+    plan = resolve_plan(base, model.peft_config["default"])
+    runtime = model.base_model.moc_runtime
+    seen, layer_in, attn_out = {}, {}, {}
+    original = runtime.control
+
+    def spy(site, pos, u):
+        seen[(site, pos)] = u.detach().clone()
+        return original(site, pos, u)
+
+    runtime.control = spy
+    handles = []
+    for i, name in enumerate(plan.layer_names):
+        layer = base.get_submodule(name)
+        handles.append(
+            layer.register_forward_pre_hook(
+                lambda m, a, k, i=i: layer_in.__setitem__(i, a[0] if a else k["hidden_states"]),
+                with_kwargs=True,
+            )
+        )
+        attention = layer.get_submodule(ATTENTION_MODULE.get(arch, "attention"))
+        handles.append(
+            attention.register_forward_hook(
+                lambda m, a, o, i=i: attn_out.__setitem__(i, o[0] if isinstance(o, tuple) else o)
+            )
+        )
+    try:
+        with torch.no_grad():
+            model(**t.model_inputs)
+    finally:
+        del runtime.control
+        for h in handles:
+            h.remove()
+    for i in range(LAYERS):
+        assert torch.equal(seen[("attn", i)], layer_in[i])
+        expected_ffn = layer_in[i] + attn_out[i] if arch in PRE_LN else attn_out[i]
+        assert torch.equal(seen[("ffn", i)], expected_ffn)
