@@ -66,4 +66,11 @@ def merge_export(
         )
     else:
         typer.echo(f"exported {result.format} to {result.path}", err=True)
+        check = result.manifest.get("onnx")
+        if check:
+            typer.echo(
+                f"onnxruntime vs PyTorch on sample inputs: max |logit difference| = "
+                f"{check['max_abs_diff_vs_torch']:.2e}",
+                err=True,
+            )
     typer.echo(str(result.path))

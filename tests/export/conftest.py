@@ -177,7 +177,8 @@ def make_run(
         for _, param in peft_model.named_parameters():
             if param.requires_grad:
                 param.copy_(
-                    torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.dtype) * 0.2
+                    torch.randn(param.shape, generator=generator, dtype=torch.float32).to(param.dtype)
+                    * weight_scale
                 )
     peft_model.eval()
     root.mkdir(parents=True, exist_ok=True)

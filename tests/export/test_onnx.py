@@ -48,6 +48,7 @@ def test_onnx_classification_parity(tmp_path: Path, tiny_bert_dir: Path, cli, me
     manifest = json.loads((folder / "moc_export.json").read_text())
     assert manifest["onnx"]["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert manifest["onnx"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert "onnxruntime vs PyTorch on sample inputs: max |logit difference| = " in result.stderr
     _check_parity(run, folder)
 
 
