@@ -153,7 +153,8 @@ def collect_env() -> dict[str, Any]:
     """Versions and devices for bug reports (imports torch, nothing else heavy)."""
     repo = Path(__file__).resolve().parents[2]
     info: dict[str, Any] = {
-        "moc_cli": _version("moc_cli") or "not installed (source tree)",
+        "moc_cli": _version("moc_cli")
+        or f"{getattr(sys.modules.get('moc_cli'), '__version__', '?')} (source tree)",
         "moc_cli git": _git_sha(repo) or "n/a",
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),

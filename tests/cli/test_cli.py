@@ -384,3 +384,15 @@ def test_schema_lists_fields_with_type_default_and_help() -> None:
     bad = invoke("schema", "--field", "trainng.optim")
     assert bad.exit_code == 2
     assert "--field: unknown key 'trainng.optim'; did you mean 'training.optim'?" in bad.stderr
+
+
+def test_main_entry_point_runs_the_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moc_cli.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["moc", "schema", "--field", "seed"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("seed: int = 42\n")
