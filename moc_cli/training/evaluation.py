@@ -99,7 +99,7 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
     from moc_cli.training.arguments import training_arguments
     from moc_cli.training.callbacks import should_show_bar
     from moc_cli.training.data import load_run_data, load_task
-    from moc_cli.training.runner import _evaluate_split, _generation_metrics, quiet_progress
+    from moc_cli.training.runner import evaluate_split, generation_metrics, quiet_progress
 
     adapter, config_path, out_root = locate(Path(path))
     cfg = _load_config(config_path, adapter, list(overrides or []))
@@ -144,9 +144,9 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
     )
     # PrinterCallback would print the raw metrics dict to stdout (the CLI prints them itself).
     trainer.remove_callback(PrinterCallback)
-    metrics = _evaluate_split(trainer, task, data, split)
+    metrics = evaluate_split(trainer, task, data, split)
     if task.kind == "causal_lm":
-        metrics.update(_generation_metrics(model, tokenizer, task, data, split, eval_dir))
+        metrics.update(generation_metrics(model, tokenizer, task, data, split, eval_dir))
 
     results_path = eval_dir / "results.json"
     results: dict[str, Any] = {}

@@ -61,7 +61,7 @@ def quiet_progress(show_bar: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _check_drift(run: RunDir, current: dict[str, Any]) -> None:
+def check_drift(run: RunDir, current: dict[str, Any]) -> None:
     from moc_cli.training.checkpointing import config_drift
 
     if not run.config.is_file():
@@ -71,7 +71,7 @@ def _check_drift(run: RunDir, current: dict[str, Any]) -> None:
         _warn(f"resuming with a config that differs from {run.config}: {change}")
 
 
-def _evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> dict[str, float]:
+def evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> dict[str, float]:
     from moc_cli.training.summary import stable_metrics
 
     features = data.eval(split)
@@ -80,7 +80,7 @@ def _evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> 
     return stable_metrics(task.finalize_metrics(metrics))
 
 
-def _generation_metrics(
+def generation_metrics(
     model: Any, tokenizer: Any, task: Task, data: RunData, split: str, out_dir: Path
 ) -> dict:
     """Causal LM tasks: generated samples (and any generative score) under eval/."""
@@ -156,7 +156,7 @@ def run_training(
     if resume_from is not None:
         from moc_cli.training.callbacks import truncate_metrics
 
-        _check_drift(run, cfg_data)
+        check_drift(run, cfg_data)
         truncate_metrics(run.metrics, checkpoint_step(resume_from) or 0)
 
     def record_run() -> None:
@@ -309,12 +309,12 @@ def _finish(
     for split in data.eval_splits:
         if routing is not None and split == data.eval_splits[0]:
             routing.reset()
-        metrics = _evaluate_split(trainer, task, data, split)
+        metrics = evaluate_split(trainer, task, data, split)
         if routing is not None and split == data.eval_splits[0]:
             routing_record = routing.last_eval_stats
         if task.kind == "causal_lm":
             metrics.update(
-                _generation_metrics(trainer.model, trainer.processing_class, task, data, split, run.eval)
+                generation_metrics(trainer.model, trainer.processing_class, task, data, split, run.eval)
             )
         split_metrics[split] = metrics
 

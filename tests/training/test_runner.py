@@ -249,11 +249,11 @@ def test_eval_rejects_splits_without_data(reference_run: dict) -> None:
 
 def test_resume_warns_on_config_drift(reference_run: dict, capsys) -> None:
     from moc_cli.training.run_dir import RunDir
-    from moc_cli.training.runner import _check_drift
+    from moc_cli.training.runner import check_drift
 
     saved = yaml.safe_load((reference_run["run"] / "config.yaml").read_text())
     changed = {**saved, "seed": 7, "training": {**saved["training"], "max_steps": 9}}
-    _check_drift(RunDir(reference_run["run"]), changed)
+    check_drift(RunDir(reference_run["run"]), changed)
     err = capsys.readouterr().err.splitlines()
     prefix = f"warning: resuming with a config that differs from {reference_run['run'] / 'config.yaml'}: "
     assert err == [prefix + "seed: 42 -> 7", prefix + "training.max_steps: 8 -> 9"]
