@@ -296,6 +296,7 @@ class InstructTask(Task):
             return ds
         optional = ("messages",) + ((self.input_field,) if self.input_field else ())
         io.check_columns(self.name, ds, origin, split, self.record_columns, optional)
+        io.check_texts(self.name, ds, origin, split, self.record_columns)
         if self.input_field and self.input_field not in ds.column_names:
             ds = ds.add_column(self.input_field, [""] * len(ds))
         return ds

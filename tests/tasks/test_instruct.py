@@ -257,6 +257,16 @@ def test_bad_messages_are_reported(tmp_path: Path):
         get_task("instruct/alpaca").load(DataSource(path=str(tmp_path)))
 
 
+def test_null_response_is_reported(tmp_path: Path):
+    (tmp_path / "train.jsonl").write_text(
+        json.dumps({"instruction": "q", "input": "", "output": None}) + "\n"
+    )
+    with pytest.raises(
+        TaskDataError, match=r"row 0 has NoneType None in text column 'output'; expected a string"
+    ):
+        get_task("instruct/alpaca").load(DataSource(path=str(tmp_path)))
+
+
 def test_evaluate_generation_writes_jsonl(tmp_path: Path, chat_tokenizer, tiny_causal_lm):
     task = get_task(
         "instruct/alpaca",
