@@ -49,25 +49,27 @@ def _check_task(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]
     return issues
 
 
-def _check_pkg(key: str, uri: str, source: str | None) -> list[ConfigIssue]:
+def _resolve_pkg(key: str, uri: str, source: str | None) -> tuple[Path | None, list[ConfigIssue]]:
     from moc_cli.assets.errors import AssetError
     from moc_cli.assets.pkg_uri import resolve_pkg_uri
 
     try:
-        resolve_pkg_uri(uri)
+        return resolve_pkg_uri(uri), []
     except (AssetError, ValueError) as exc:
-        return [ConfigIssue(key, str(exc), source)]
-    return []
+        return None, [ConfigIssue(key, str(exc), source)]
 
 
 def _check_model(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]:
     value = cfg.model.name_or_path
     source = provenance.get("model.name_or_path")
     if value.startswith("pkg://"):
-        return _check_pkg("model.name_or_path", value, source)
-    if not _looks_local(value):
+        path, issues = _resolve_pkg("model.name_or_path", value, source)
+        if path is None:
+            return issues
+    elif not _looks_local(value):
         return []  # a Hub id: checked when loading (offline mode fails fast there)
-    path = Path(value).expanduser()
+    else:
+        path = Path(value).expanduser()
     if not path.exists():
         return [ConfigIssue("model.name_or_path", f"local model path does not exist: {value}", source)]
     if path.is_file():
@@ -97,7 +99,7 @@ def _check_data(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]
     issues: list[ConfigIssue] = []
     for key, value in entries:
         if value.startswith("pkg://"):
-            issues += _check_pkg(key, value, provenance.get(key))
+            issues += _resolve_pkg(key, value, provenance.get(key))[1]
         elif (key != "data.path" or _looks_local(value)) and not Path(value).expanduser().exists():
             issues.append(ConfigIssue(key, f"no such file or directory: {value}", provenance.get(key)))
     return issues

@@ -396,3 +396,12 @@ def test_main_entry_point_runs_the_app(
         main()
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("seed: int = 42\n")
+
+
+def test_validate_pkg_uris(recipes_root: Path) -> None:
+    missing = invoke("validate", "glue/sst2", "model.name_or_path=pkg://no-such-asset-dist/x/model")
+    assert missing.exit_code == 2
+    assert "model.name_or_path: asset package 'no-such-asset-dist' is not installed" in missing.stderr
+    assert "install it with: pip install" in missing.stderr
+    bad_uri = invoke("validate", "glue/sst2", "model.name_or_path=pkg://only-dist")
+    assert bad_uri.exit_code == 2 and "incomplete pkg:// URI" in bad_uri.stderr
