@@ -11,7 +11,13 @@ from typing import Any
 from moc_cli.export.atomic import atomic_directory, remove_stale_partials
 from moc_cli.export.bundle import MANIFEST
 from moc_cli.export.errors import ExportError
-from moc_cli.export.source import FOLDABLE_METHODS, UNFOLDABLE_METHODS, ExportSource, resolve_source
+from moc_cli.export.source import (
+    ADAPTER_SUBDIRS,
+    FOLDABLE_METHODS,
+    UNFOLDABLE_METHODS,
+    ExportSource,
+    resolve_source,
+)
 
 FORMATS = ("bundle", "merged", "onnx")
 
@@ -42,7 +48,15 @@ def merge_refusal(method: str) -> str:
     )
 
 
-def _check_existing(target: Path, fmt: str, force: bool) -> dict[str, Any] | None:
+def default_output(source: ExportSource, fmt: str) -> Path:
+    """`<run>/export/<format>`; an intermediate checkpoint gets `<run>/export/<checkpoint>/<format>`."""
+    canonical = {source.root / sub for sub in ADAPTER_SUBDIRS} | {source.root}
+    if source.adapter_dir in canonical:
+        return source.root / "export" / fmt
+    return source.root / "export" / source.adapter_dir.name / fmt
+
+
+def _check_existing(target: Path, fmt: str, force: bool, adapter_dir: Path) -> dict[str, Any] | None:
     """The existing manifest when an identical-format export is already there and --force is off."""
     if not target.exists():
         return None
@@ -55,6 +69,11 @@ def _check_existing(target: Path, fmt: str, force: bool) -> dict[str, Any] | Non
     manifest = json.loads(manifest_file.read_text())
     if force:
         return None
+    if manifest.get("adapter") not in (None, str(adapter_dir)):
+        raise ExportError(
+            f"{target} holds an export of {manifest['adapter']}, not of {adapter_dir}; pass --force to "
+            "replace it or choose another --output"
+        )
     if manifest.get("format") != fmt:
         raise ExportError(
             f"{target} holds a {manifest.get('format')!r} export, not {fmt!r}; pass --force to replace it "
@@ -89,8 +108,8 @@ def export(
             + ", ".join(str(p) for p in pickles)
             + "; convert them to safetensors, or pass --allow-pickle if you trust them"
         )
-    target = Path(output).expanduser().resolve() if output else source.root / "export" / fmt
-    existing = _check_existing(target, fmt, force)
+    target = Path(output).expanduser().resolve() if output else default_output(source, fmt)
+    existing = _check_existing(target, fmt, force, source.adapter_dir)
     if existing is not None:
         return ExportResult(target, fmt, True, existing)
     remove_stale_partials(target)
@@ -126,6 +145,7 @@ def _build(
         "format": fmt,
         **meta,
         "source": str(source.root),
+        "adapter": str(source.adapter_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if fmt == "merged" and source.is_full:

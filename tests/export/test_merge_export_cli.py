@@ -209,3 +209,27 @@ def test_full_fine_tuning_exports_merged_bundle_and_onnx(tmp_path: Path, tiny_be
     session = ort.InferenceSession(str(run.root / "export" / "onnx" / "model.onnx"))
     got = session.run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
     assert float(np.max(np.abs(got - expected.numpy()))) <= 1e-4
+
+
+def test_checkpoint_adapter_exports_beside_the_final_one(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    import shutil
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora")
+    checkpoint = run.root / "checkpoints" / "checkpoint-4"
+    shutil.copytree(run.root / "adapter", checkpoint)
+    final = cli("merge-export", run.root, "--format", "bundle")
+    assert final.exit_code == 0, final.stderr
+    from_checkpoint = cli("merge-export", checkpoint, "--format", "bundle")
+    assert from_checkpoint.exit_code == 0, from_checkpoint.stderr
+    assert "already exists" not in from_checkpoint.stderr
+    target = run.root / "export" / "checkpoint-4" / "bundle"
+    manifest = json.loads((target / "moc_export.json").read_text())
+    assert manifest["adapter"] == str(checkpoint.resolve())
+    assert manifest["source"] == str(run.root.resolve())
+
+    clash = cli("merge-export", checkpoint, "--format", "bundle", "--output", run.root / "export" / "bundle")
+    assert clash.exit_code == 2
+    assert (
+        f"holds an export of {(run.root / 'adapter').resolve()}, not of {checkpoint.resolve()}"
+        in clash.stderr
+    )
