@@ -41,8 +41,10 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar 
 
 # 1. torch first and on its own, so that resolving the project's dependencies never pulls a
 #    multi-GB CUDA build (any installed torch satisfies the project's torch>=2.4).
-if "$PY" -c "import torch" 2>/dev/null; then
-  say "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed"
+# Versions come from package metadata: importing torch or moc_cli would cost seconds.
+dist_version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1" 2>/dev/null; }
+if torch_version=$(dist_version torch); then
+  say "torch $torch_version already installed"
 else
   say "installing $TORCH_SPEC"
   pip_install "$TORCH_SPEC"
@@ -52,7 +54,7 @@ fi
 extras=""
 [ "$dev" = 1 ] && extras="[dev]"
 stamp="$VENV/.moc-setup-$( (cat pyproject.toml; echo "$extras") | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
-if [ -f "$stamp" ] && "$PY" -c "import moc_cli" 2>/dev/null; then
+if [ -f "$stamp" ] && dist_version moc_cli >/dev/null; then
   say "moc_cli$extras already installed for this pyproject.toml"
 else
   say "installing moc_cli$extras (editable)"
