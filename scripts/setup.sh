@@ -53,8 +53,16 @@ fi
 # 2. The project (editable) with its dependencies; redone only when pyproject.toml changes.
 extras=""
 [ "$dev" = 1 ] && extras="[dev]"
-stamp="$VENV/.moc-setup-$( (cat pyproject.toml; echo "$extras") | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
-if [ -f "$stamp" ] && dist_version moc_cli >/dev/null; then
+stamp_for() {  # marks an install of this pyproject.toml with the given extras
+  echo "$VENV/.moc-setup-$( (cat pyproject.toml; echo "$1") | "$PY" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"
+}
+stamp=$(stamp_for "$extras")
+done_already=0
+if dist_version moc_cli >/dev/null; then
+  # A [dev] install also covers the plain one.
+  { [ -f "$stamp" ] || { [ "$dev" = 0 ] && [ -f "$(stamp_for "[dev]")" ]; }; } && done_already=1
+fi
+if [ "$done_already" = 1 ]; then
   say "moc_cli$extras already installed for this pyproject.toml"
 else
   say "installing moc_cli$extras (editable)"
