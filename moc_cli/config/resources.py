@@ -49,11 +49,14 @@ def _looks_like_path(name: str) -> bool:
 def find_recipe(name: str) -> Path:
     """A packaged recipe name (`glue/sst2`) or a path to a YAML file -> the file; ConfigError otherwise."""
     candidate = Path(name).expanduser()
+    root = resource_dir("recipes")
     if _looks_like_path(name):
         if candidate.is_file():
             return candidate
+        packaged = root / name  # `glue/sst2.yaml` meant as a packaged name
+        if not name.startswith(("/", "~", ".")) and packaged.is_file():
+            return packaged
         raise ConfigError(ConfigIssue("--recipe", f"recipe file not found: {name}"))
-    root = resource_dir("recipes")
     for suffix in _YAML_SUFFIXES:
         path = root / f"{name}{suffix}"
         if path.is_file():

@@ -405,3 +405,10 @@ def test_validate_pkg_uris(recipes_root: Path) -> None:
     assert "install it with: pip install" in missing.stderr
     bad_uri = invoke("validate", "glue/sst2", "model.name_or_path=pkg://only-dist")
     assert bad_uri.exit_code == 2 and "incomplete pkg:// URI" in bad_uri.stderr
+
+
+def test_offline_flag_sets_hf_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert invoke("--offline", "schema", "-f", "seed").exit_code == 0
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"

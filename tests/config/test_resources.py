@@ -52,3 +52,13 @@ def test_yml_suffix_and_description_first_line(tmp_path: Path, monkeypatch: pyte
     write_yaml(package.parent / "recipes" / "x" / "y.yml", {"description": "first line\nsecond"})
     assert list_recipes() == ["x/y"]
     assert recipe_description(find_recipe("x/y")) == "first line"
+
+
+def test_packaged_name_with_suffix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = _fake_install(tmp_path, wheel=True)
+    monkeypatch.setattr(resources, "_PACKAGE_DIR", package)
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("glue/rte.yaml") == package / "_resources" / "recipes" / "glue" / "rte.yaml"
+    with pytest.raises(ConfigError) as exc:
+        find_recipe("./glue/rte.yaml")
+    assert str(exc.value.issues[0]) == "--recipe: recipe file not found: ./glue/rte.yaml"
