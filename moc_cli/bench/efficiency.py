@@ -413,14 +413,14 @@ def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def merge_runs(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """New runs replace stored runs of the same (model, batch size, sequence length)."""
+    """New runs replace stored runs of the same (model, batch size, sequence length, timed or not)."""
 
-    def key(run: dict[str, Any]) -> tuple[str, int, int]:
-        return (run["model"], run["batch_size"], run["seq_len"])
+    def key(run: dict[str, Any]) -> tuple[str, int, int, bool]:
+        return (run["model"], run["batch_size"], run["seq_len"], run["steps"] > 0)
 
     replaced = {key(r) for r in new}
     kept = [r for r in existing if key(r) not in replaced]
-    return sorted([*kept, *new], key=lambda r: (r["model"], r["batch_size"], r["seq_len"]))
+    return sorted([*kept, *new], key=lambda r: (r["model"], r["batch_size"], r["seq_len"], r["steps"] > 0))
 
 
 def run_efficiency_benchmark(
@@ -449,16 +449,22 @@ def run_efficiency_benchmark(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     store = output_dir / RESULTS_JSON
-    runs: list[dict[str, Any]] = json.loads(store.read_text())["runs"] if store.exists() else []
     for model in models:
         for seq_len in seq_lens:
             run = run_efficiency(
                 model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
             )
             run["command"] = command
-            runs = merge_runs(runs, [run])
-            store.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-    return write_efficiency_report(runs, output_dir)
+            # Re-read just before writing: another benchmark process may have stored runs meanwhile.
+            merged = merge_runs(load_runs(store), [run])
+            tmp = store.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
+            os.replace(tmp, store)
+    return write_efficiency_report(load_runs(store), output_dir)
+
+
+def load_runs(store: Path) -> list[dict[str, Any]]:
+    return json.loads(store.read_text())["runs"] if store.exists() else []
 
 
 def _probe_main(argv: list[str]) -> int:

@@ -112,8 +112,10 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
 
     older = {**stored[0], "command": "older"}
     other = {**stored[0], "seq_len": 16, "command": "older"}
-    merged = merge_runs([older, other], stored)
-    assert [(r["seq_len"], r["command"]) for r in merged] == [
-        (8, "moc bench efficiency --test"),
-        (16, "older"),
+    untimed = {**stored[0], "steps": 0, "command": "untimed"}
+    merged = merge_runs([older, other, untimed], stored)
+    assert [(r["seq_len"], r["steps"], r["command"]) for r in merged] == [
+        (8, 0, "untimed"),
+        (8, 1, "moc bench efficiency --test"),
+        (16, 1, "older"),
     ]
