@@ -33,6 +33,10 @@ def predict(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", min=1, help="Generation length for causal LMs.")
     ] = 64,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option("--allow-pickle", help="Accept a run's pickle weight files (*.bin, *.pt); unsafe."),
+    ] = False,
 ) -> None:
     """Predict labels (classification) or continuations (causal LM); one JSON line per input on stdout.
 
@@ -58,6 +62,7 @@ def predict(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             progress=progress,
+            allow_pickle=allow_pickle,
         )
     except ExportError as err:
         typer.echo(f"error: {err}", err=True)

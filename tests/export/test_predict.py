@@ -137,3 +137,15 @@ def test_predict_on_onnx_export_points_to_onnxruntime(tmp_path: Path, tiny_bert_
     result = cli("predict", onnx_dir, "text")
     assert result.exit_code == 2
     assert "is an ONNX export; run it with onnxruntime.InferenceSession(" in result.stderr
+
+
+def test_predict_on_a_run_with_pickle_adapter_needs_allow_pickle(
+    tmp_path: Path, tiny_bert_dir: Path, cli
+) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "lora", safe_serialization=False)
+    refused = cli("predict", run.root, "dull.")
+    assert refused.exit_code == 2
+    assert "refusing to read pickle weight files" in refused.stderr and "--allow-pickle" in refused.stderr
+    allowed = cli("predict", run.root, "dull.", "--allow-pickle")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert [_rounded(json.loads(allowed.stdout))] == _reference(run, ["dull."])
