@@ -8,3 +8,15 @@
 Submodules are imported explicitly (`from moc_cli.reliability.checkpoints import ...`) so that
 importing this package stays cheap for the CLI.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def default_callbacks() -> list[Any]:
+    """The TrainerCallbacks every training run should carry: completion markers, then the NaN guard."""
+    from moc_cli.reliability.checkpoints import AtomicCheckpointCallback
+    from moc_cli.reliability.nan_guard import NanGuardCallback
+
+    return [AtomicCheckpointCallback(), NanGuardCallback()]

