@@ -455,12 +455,20 @@ def run_efficiency_benchmark(
                 model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
             )
             run["command"] = command
-            # Re-read just before writing: another benchmark process may have stored runs meanwhile.
-            merged = merge_runs(load_runs(store), [run])
-            tmp = store.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
-            os.replace(tmp, store)
+            store_run(store, run)
     return write_efficiency_report(load_runs(store), output_dir)
+
+
+def store_run(store: Path, run: dict[str, Any]) -> None:
+    """Merge `run` into the store under an exclusive lock (several benchmark processes may share it)."""
+    import fcntl
+
+    with (store.parent / (store.name + ".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = merge_runs(load_runs(store), [run])
+        tmp = store.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
+        os.replace(tmp, store)
 
 
 def load_runs(store: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Benchmark library: efficiency (`efficiency.py`) and accuracy (`accuracy.py`); scripts in benchmarks/."""
