@@ -206,3 +206,15 @@ def test_target_modules_and_layers_to_transform_select_layers() -> None:
     assert not any(".layers.1." in n for n in wrapped)
     model2 = get_peft_model(t.build(), MocConfig(r=2, task_type="CAUSAL_LM", target_modules=r".*layers\.1"))
     assert len(model2.base_model.moc_state["default"].A["attn"]) == 1
+
+
+def test_package_exports_lazy_loader_and_registers_baselines() -> None:
+    import importlib
+
+    export = importlib.import_module("moc_cli.export")
+    assert moc_cli.load_exported is export.load_exported
+    with pytest.raises(AttributeError, match="module 'moc_cli' has no attribute 'nope'"):
+        moc_cli.nope  # noqa: B018
+    baselines = importlib.import_module("moc_cli.baselines")
+    if callable(getattr(baselines, "register", None)):
+        assert "MOLEX" in PEFT_TYPE_TO_CONFIG_MAPPING
