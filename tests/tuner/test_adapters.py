@@ -218,3 +218,17 @@ def test_package_exports_lazy_loader_and_registers_baselines() -> None:
     baselines = importlib.import_module("moc_cli.baselines")
     if callable(getattr(baselines, "register", None)):
         assert "MOLEX" in PEFT_TYPE_TO_CONFIG_MAPPING
+
+
+@pytest.mark.parametrize("arch", ["llama", "vit"])
+def test_unload_block_variant_removes_every_hook(arch: str) -> None:
+    t = tiny(arch)
+    base = t.build()
+    with torch.no_grad():
+        ref = base(**t.model_inputs).logits
+    model = get_peft_model(base, MocConfig(r=4, variant="block", task_type=t.task_type))
+    _randomize(model, "default", 5)
+    plain = model.unload()
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in plain.modules())
+    with torch.no_grad():
+        assert torch.equal(plain(**t.model_inputs).logits, ref)
