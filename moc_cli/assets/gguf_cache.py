@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ def convert_gguf(gguf: Path, cache_root: Path | None = None) -> Path:
         logger.debug("reusing converted GGUF at %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.parent / f".{target.name}.lock", target):
+    with _progress_visible(), _exclusive_lock(target.parent / f".{target.name}.lock", target):
         if is_complete(target):  # another process finished it while we waited
             return target
         _remove_leftovers(target)
@@ -84,6 +85,27 @@ def _remove_leftovers(target: Path) -> None:
     if target.exists():
         logger.info("removing incomplete conversion folder %s", target)
         shutil.rmtree(target, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _progress_visible() -> Iterator[None]:
+    """Show the progress lines on stderr when the application configured no logging.
+
+    A conversion takes about a minute and happens once; silence would look like a hang.
+    """
+    if logger.hasHandlers():
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[moc_cli] %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @contextlib.contextmanager

@@ -161,3 +161,24 @@ def test_concurrent_conversion_waits_for_lock_and_reuses_result(tmp_path: Path) 
         logger.removeHandler(handler)
         logger.setLevel(old_level)
     assert result == {"path": target}
+
+
+def test_conversion_progress_reaches_stderr_without_logging_config(tmp_path: Path) -> None:
+    # A fresh interpreter with no logging set up, as when a user script calls resolve_model_source.
+    import subprocess
+    import sys
+
+    gguf = tmp_path / "corrupt.gguf"
+    gguf.write_bytes(b"GGUF" + b"\xff" * 256)
+    code = (
+        "import sys\n"
+        "from moc_cli.assets import resolve_model_source\n"
+        "try:\n"
+        f"    resolve_model_source({str(gguf)!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "except ValueError:\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert f"[moc_cli] converting {gguf} once to safetensors" in proc.stderr
+    assert "[moc_cli] [1/3] loading tokenizer from corrupt.gguf" in proc.stderr
