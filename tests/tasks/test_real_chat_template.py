@@ -38,9 +38,8 @@ def test_smollm2_mask_matches_whole_conversation_tokenization(smollm2_tokenizer)
     assert got_ids == whole  # segment-wise tokenization equals tokenizing the rendered conversation
     trained = tok.decode([t for t in got_labels if t != IGNORE_INDEX])
     assert trained == "Hey! Fancy meeting you here.<|im_end|>\nGreat.<|im_end|>\n"
-    assert tok.decode(
-        got_ids[: got_labels.index(next(t for t in got_labels if t != IGNORE_INDEX))]
-    ).startswith("<|im_start|>system\n")
+    first_trained = next(i for i, t in enumerate(got_labels) if t != IGNORE_INDEX)
+    assert tok.decode(got_ids[:first_trained]).startswith("<|im_start|>system\n")  # default system prompt
     prompt = task.prompt_ids(tok, {"messages": messages[:3]})
     assert (
         prompt
