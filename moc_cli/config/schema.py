@@ -307,6 +307,12 @@ class TrainingSection(Section):
         # TrainingArguments accepts a single string; keep that convenience.
         return [v] if isinstance(v, str) else v
 
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted `no` as False; `eval_strategy: no` means the strategy "no".
+        return "no" if v is False else v
+
     @field_validator("warmup_steps", "eval_steps", "save_steps", "logging_steps")
     @classmethod
     def _check_steps(cls, v: float | int | None, info: Any) -> float | int | None:

@@ -56,6 +56,18 @@ class RunData:
     def eval(self, split: str) -> datasets.Dataset:
         return self.features[split]
 
+    def scorable(self, split: str) -> bool:
+        """A split can be scored when it has labels and they are not the unlabelled-test marker -1."""
+        if split not in self.features or "labels" not in self.features[split].column_names:
+            return False
+        labels = self.features[split]["labels"]
+        return len(labels) > 0 and any(_is_labelled(x) for x in labels)
+
+
+def _is_labelled(label: Any) -> bool:
+    # Per-token labels (causal LM) are lists; class ids use -1 for unlabelled test rows.
+    return isinstance(label, list) or label != -1
+
 
 def load_run_data(
     task: Task, data_cfg: Any, task_cfg: Any, seed: int, tokenizer: PreTrainedTokenizerBase, need_train: bool

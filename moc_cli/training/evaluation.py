@@ -118,7 +118,7 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
         raise RunSetupError(
             f"split {split!r} is not in the data of task {task.name} (available: {available})"
         )
-    if split not in data.eval_splits:
+    if not data.scorable(split):
         raise RunSetupError(
             f"split {split!r} of task {task.name} has no labels to score; use `moc predict` for unlabelled data"
         )

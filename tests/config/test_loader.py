@@ -382,3 +382,20 @@ def test_render_round_trips_awkward_strings(recipes_root: Path) -> None:
     text = render_config(cfg, prov)
     assert yaml.safe_load(text) == cfg.model_dump(mode="json")
     assert len([line for line in text.splitlines() if line.startswith("description:")]) == 1
+
+
+def test_yaml_no_means_the_strategy_no():
+    """`training.eval_strategy=no` is YAML's False; it must still select the strategy "no"."""
+    cfg, prov = load_run_config(
+        None,
+        None,
+        [
+            "task.name=glue/sst2",
+            "model.name_or_path=x",
+            "training.eval_strategy=no",
+            "training.save_strategy=no",
+        ],
+    )
+    assert cfg.training.eval_strategy == "no"
+    assert cfg.training.save_strategy == "no"
+    assert prov["training.eval_strategy"] == "override"
