@@ -63,6 +63,17 @@ def _torch_dtype(name: str | None) -> Any:
     return value if isinstance(value, torch.dtype) else None
 
 
+def _skip_random_init() -> Any:
+    """Every base weight is overwritten from the bundle, so random init is wasted time on big models."""
+    import contextlib
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def load_bundle(path: Path) -> nn.Module:
     """Rebuild the module tree from config.json, inject the controls, load the weights."""
     import transformers
@@ -81,7 +92,10 @@ def load_bundle(path: Path) -> nn.Module:
         kwargs["dtype"] = dtype
     if meta.get("attn_implementation"):
         kwargs["attn_implementation"] = meta["attn_implementation"]
-    model = auto.from_config(config, **kwargs)
+    with _skip_random_init():
+        model = auto.from_config(config, **kwargs)
+    # Skipping init also skips tying (e.g. LM head = embeddings); tie as the config says.
+    model.tie_weights()
     # No peft config: a fully fine-tuned model, stored as is.
     module = rebuild_unwrapped(model, meta["peft_config"]) if meta.get("peft_config") else model
     try:
