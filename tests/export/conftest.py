@@ -19,6 +19,8 @@ SAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull.", "the plot wanders
 TASK_NAME = "exporttest/sentiment"
 LABELS = ["negative", "positive"]
 CAUSAL_TASK_NAME = "exporttest/continue"
+REGRESSION_TASK_NAME = "exporttest/similarity"
+TASK_BY_KIND = {"seq_cls": TASK_NAME, "causal_lm": CAUSAL_TASK_NAME, "regression": REGRESSION_TASK_NAME}
 
 
 def minilm_dir() -> Path:
@@ -52,9 +54,15 @@ def _register_test_tasks() -> dict[str, Any]:
         kind = "causal_lm"
         main_metric = "loss"
 
-    register_task(SentimentForExport)
-    register_task(ContinueForExport)
-    _TEST_TASKS.update({TASK_NAME: SentimentForExport(), CAUSAL_TASK_NAME: ContinueForExport()})
+    class SimilarityForExport(Task):
+        name = REGRESSION_TASK_NAME
+        description = "sentence-pair similarity score used by the export tests"
+        kind = "regression"
+        main_metric = "pearson"
+
+    for cls in (SentimentForExport, ContinueForExport, SimilarityForExport):
+        register_task(cls)
+        _TEST_TASKS[cls.name] = cls()
     return _TEST_TASKS
 
 
@@ -164,7 +172,7 @@ def make_run(
     requires_moc(method)
     tasks = _register_test_tasks()
     register_methods()
-    task = tasks[TASK_NAME if kind == "seq_cls" else CAUSAL_TASK_NAME]
+    task = tasks[TASK_BY_KIND[kind]]
     section = dict(method_section or METHOD_SECTIONS[method])
     model_cfg = {"name_or_path": name_or_path or str(base_dir), "dtype": dtype}
     tokenizer = build_tokenizer(str(base_dir), model_cfg)

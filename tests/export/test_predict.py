@@ -149,3 +149,16 @@ def test_predict_on_a_run_with_pickle_adapter_needs_allow_pickle(
     allowed = cli("predict", run.root, "dull.", "--allow-pickle")
     assert allowed.exit_code == 0, allowed.stderr
     assert [_rounded(json.loads(allowed.stdout))] == _reference(run, ["dull."])
+
+
+def test_predict_regression_pairs_give_the_raw_score(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    import moc_cli.export as export_api
+    from moc_cli.export.predict import predict
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc", kind="regression")
+    bundle = export_api.export(run.root, "bundle").path
+    rows = predict(bundle, [{"sentence1": "a man plays guitar", "sentence2": "someone plays music"}])
+    batch = run.tokenizer(["a man plays guitar"], ["someone plays music"], return_tensors="pt")
+    with torch.no_grad():
+        expected = float(run.peft_model(**batch).logits[0, 0])
+    assert rows == [{"score": expected}]
