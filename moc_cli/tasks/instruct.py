@@ -292,7 +292,7 @@ class InstructTask(Task):
     def validate_split(self, ds: datasets.Dataset, split: str, origin: str) -> datasets.Dataset:
         if "messages" in ds.column_names:
             for row, messages in enumerate(io.column_values(ds, "messages")):
-                check_messages(self.name, origin, split, row, messages)
+                check_messages(self.name, origin, split, io.where(origin, row), messages)
             return ds
         optional = ("messages",) + ((self.input_field,) if self.input_field else ())
         io.check_columns(self.name, ds, origin, split, self.record_columns, optional)
@@ -470,8 +470,8 @@ class InstructTask(Task):
         return row.get(self.output_field)
 
 
-def check_messages(task: str, origin: str, split: str, row: int, messages: Any) -> None:
-    where = f"task {task}: {origin} (split {split!r}) row {row}"
+def check_messages(task: str, origin: str, split: str, row: str, messages: Any) -> None:
+    where = f"task {task}: {origin} (split {split!r}) {row}"
     if not isinstance(messages, list) or not messages:
         raise TaskDataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     for j, m in enumerate(messages):

@@ -25,8 +25,31 @@ SPLIT_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+class Origin(str):
+    """Where a split came from, printed as the file (or Hub id), and how to name one of its rows.
+
+    JSON Lines files know the line of every record, so errors can say "line 10" rather than a row index.
+    """
+
+    lines: list[int] | None = None
+    unit: str = "row"
+
+    def where(self, row: int) -> str:
+        return f"line {self.lines[row]}" if self.lines is not None else f"{self.unit} {row}"
+
+
+def where(origin: str, row: int) -> str:
+    """ "line N" for JSON Lines sources, else "row N" / "record N"."""
+    return origin.where(row) if isinstance(origin, Origin) else f"row {row}"
+
+
 def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
     """Records of a JSON Lines file or a JSON array file; bad JSON names the file and line."""
+    return read_json_records_with_lines(path, task)[0]
+
+
+def read_json_records_with_lines(path: Path, task: str) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """Records and, for JSON Lines, the 1-based line number of each (None for a JSON array)."""
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -42,8 +65,9 @@ def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
             raise TaskDataError(
                 f"task {task}: {path}: array element {bad} is {type(records[bad]).__name__}, expected an object"
             )
-        return records
+        return records, None
     records = []
+    lines: list[int] = []
     # split on "\n" only: str.splitlines() also breaks on U+0085/U+2028 found inside JSON strings
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -61,19 +85,28 @@ def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
                 "each line must be one JSON object"
             )
         records.append(record)
-    return records
+        lines.append(lineno)
+    return records, lines
 
 
-def load_file(path: Path, task: str, split: str) -> datasets.Dataset:
-    """One split from one local file."""
+def load_file(path: Path, task: str, split: str) -> tuple[datasets.Dataset, Origin]:
+    """One split from one local file, and its Origin (the path, with line numbers for JSON Lines)."""
     import datasets
 
+    origin = Origin(str(path))
     if not path.is_file():
         raise TaskDataError(f"task {task}: data file for split {split!r} not found: {path}")
     suffix = path.suffix.lower().lstrip(".")
     if suffix in ("jsonl", "json"):
-        records = read_json_records(path, task)
-        ds = datasets.Dataset.from_list(records) if records else None
+        records, origin.lines = read_json_records_with_lines(path, task)
+        if origin.lines is None:
+            origin.unit = "record"
+        try:
+            ds = datasets.Dataset.from_list(records) if records else None
+        except (TypeError, ValueError) as err:  # pyarrow: one field holding different types
+            raise TaskDataError(
+                _mixed_type_message(task, origin, records) or f"task {task}: {path}: {err}"
+            ) from err
     elif suffix in ("csv", "parquet"):
         try:
             ds = datasets.load_dataset(suffix, data_files={split: str(path)}, split=split)
@@ -87,12 +120,29 @@ def load_file(path: Path, task: str, split: str) -> datasets.Dataset:
         )
     if ds is None:
         raise TaskDataError(f"task {task}: split {split!r} is empty: {path} has no records")
-    return ds
+    return ds, origin
 
 
 def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
     """A column as a Python list, converted in one arrow call (iterating `ds[name]` decodes row by row)."""
     return ds.select_columns([name]).to_dict()[name]
+
+
+def _mixed_type_message(task: str, origin: Origin, records: list[dict[str, Any]]) -> str | None:
+    """Name the first record whose field has another JSON type than the same field in earlier records."""
+    first_type: dict[str, type] = {}
+    for i, record in enumerate(records):
+        for key, value in record.items():
+            if value is None:
+                continue
+            kind = float if isinstance(value, int) and not isinstance(value, bool) else type(value)
+            seen = first_type.setdefault(key, kind)
+            if kind is not seen and not (seen is float and kind is float):
+                return (
+                    f"task {task}: {origin}: {origin.where(i)}: field {key!r} has {type(value).__name__} "
+                    f"{value!r} where earlier records have {seen.__name__}; every record needs the same type per field"
+                )
+    return None
 
 
 def find_split_file(folder: Path, split: str) -> Path | None:
@@ -111,6 +161,16 @@ def _resolve_local(path: str) -> Path | None:
         return Path(resolve_data_path(path))
     p = Path(path).expanduser()
     return p if p.exists() else None
+
+
+def _split_dict(
+    loaded: dict[str, tuple[datasets.Dataset, Origin]],
+) -> tuple[datasets.DatasetDict, dict[str, str]]:
+    import datasets
+
+    return datasets.DatasetDict({s: d for s, (d, _) in loaded.items()}), {
+        s: o for s, (_, o) in loaded.items()
+    }
 
 
 def load_raw(
@@ -134,15 +194,11 @@ def load_raw(
             raise TaskDataError(
                 f"task {task}: data.files has unknown split(s) {unknown}; expected split names: {list(splits)}"
             )
-        out = {s: load_file(Path(f).expanduser(), task, s) for s, f in source.files.items()}
-        return datasets.DatasetDict(out), {s: str(Path(f)) for s, f in source.files.items()}
+        return _split_dict({s: load_file(Path(f).expanduser(), task, s) for s, f in source.files.items()})
 
     local = _resolve_local(source.path) if source.path else None
     if local is not None and local.is_file():
-        return (
-            datasets.DatasetDict({single_file_split: load_file(local, task, single_file_split)}),
-            {single_file_split: str(local)},
-        )
+        return _split_dict({single_file_split: load_file(local, task, single_file_split)})
     if local is not None and local.is_dir():
         found = {s: f for s in splits if (f := find_split_file(local, s)) is not None}
         if not found:
@@ -150,8 +206,7 @@ def load_raw(
                 f"task {task}: no data files in {local}; expected files named <split>.<ext> with split in "
                 f"{list(splits)} and ext in {list(EXTENSIONS)}"
             )
-        out = {s: load_file(f, task, s) for s, f in found.items()}
-        return datasets.DatasetDict(out), {s: str(f) for s, f in found.items()}
+        return _split_dict({s: load_file(f, task, s) for s, f in found.items()})
 
     hub_id = source.path or hub_path
     if hub_id is None:
@@ -207,11 +262,15 @@ def check_texts(task: str, ds: datasets.Dataset, origin: str, split: str, column
     for name in columns:
         values = column_values(ds, name)
         bad = next((i for i, v in enumerate(values) if not isinstance(v, str)), None)
-        if bad is not None:
-            raise TaskDataError(
-                f"task {task}: {origin} (split {split!r}): row {bad} has {type(values[bad]).__name__} "
-                f"{values[bad]!r} in text column {name!r}; expected a string"
-            )
+        if bad is None:
+            continue
+        problem = (
+            "has no value" if values[bad] is None else f"has {type(values[bad]).__name__} {values[bad]!r}"
+        )
+        raise TaskDataError(
+            f"task {task}: {origin} (split {split!r}): {where(origin, bad)}: field {name!r} {problem}; "
+            "expected a string in every record"
+        )
 
 
 def check_labels(
@@ -223,25 +282,37 @@ def check_labels(
     is_test: bool,
     column: str = "label",
 ) -> None:
-    """Labels must be class indices (or floats for regression); -1 only in test splits."""
-    values = ds.unique(column)  # arrow-side: iterating a 400k-row column in Python is slow
+    """Labels must be class indices (or floats for regression); -1 only in test splits.
+
+    The error names the bad values and where the first one is (its line for JSON Lines files).
+    """
     if label_names is None:  # regression: any finite float, -1 placeholder in test
-        bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v]
-        if bad:
-            raise TaskDataError(
-                f"task {task}: {origin} (split {split!r}): column {column!r} has non-numeric value(s) "
-                f"{sorted(map(repr, set(bad)))[:5]}; expected float scores"
-            )
+
+        def ok(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+    else:
+        allowed = set(range(len(label_names))) | ({-1} if is_test else set())
+
+        def ok(v: Any) -> bool:
+            return not isinstance(v, bool) and v in allowed
+
+    bad = sorted({v for v in ds.unique(column) if not ok(v)}, key=repr)  # unique() stays in arrow: fast
+    if not bad:
         return
-    allowed = set(range(len(label_names))) | ({-1} if is_test else set())
-    bad = sorted({v for v in values if v not in allowed or isinstance(v, bool)}, key=repr)
-    if bad:
-        expected = ", ".join(f"{i}={n}" for i, n in enumerate(label_names))
-        hint = "; -1 (unlabelled) is allowed only in test splits" if -1 in bad and not is_test else ""
+    first = where(origin, next(i for i, v in enumerate(column_values(ds, column)) if not ok(v)))
+    prefix = f"task {task}: {origin} (split {split!r}):"
+    if label_names is None:
         raise TaskDataError(
-            f"task {task}: {origin} (split {split!r}): unexpected label value(s) {bad[:10]} in column "
-            f"{column!r}; expected {expected} (label names or class indices){hint}"
+            f"{prefix} column {column!r} has non-numeric value(s) {[repr(v) for v in bad][:5]} "
+            f"(first at {first}); expected float scores"
         )
+    expected = ", ".join(f"{i}={n}" for i, n in enumerate(label_names))
+    hint = "; -1 (unlabelled) is allowed only in test splits" if -1 in bad and not is_test else ""
+    raise TaskDataError(
+        f"{prefix} unexpected label value(s) {bad[:10]} in column {column!r} (first at {first}); "
+        f"expected {expected} (label names or class indices){hint}"
+    )
 
 
 def normalize_labels(

@@ -180,7 +180,7 @@ class ReCoRD(SuperGlueTask):
             if empty:
                 raise TaskDataError(
                     f"task {self.name}: {origin} (split {split!r}): {len(empty)} row(s) without gold answers "
-                    f"(first at row {empty[0]}); every non-test query needs at least one entry in 'answers'"
+                    f"(first at {io.where(origin, empty[0])}); every non-test query needs at least one entry in 'answers'"
                 )
         return ds
 

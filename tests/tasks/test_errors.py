@@ -40,7 +40,7 @@ def test_unexpected_label_values(tmp_path: Path):
     with pytest.raises(TaskDataError) as err:
         get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
     assert str(err.value) == (
-        f"task glue/sst2: {f} (split 'train'): unexpected label value(s) [2] in column 'label'; "
+        f"task glue/sst2: {f} (split 'train'): unexpected label value(s) [2] in column 'label' (first at line 2); "
         "expected 0=negative, 1=positive (label names or class indices)"
     )
 
@@ -82,7 +82,31 @@ def test_null_text_names_the_row(tmp_path: Path):
     write_jsonl(tmp_path / "train.jsonl", [{"sentence": "fine", "label": 1}, {"sentence": None, "label": 0}])
     with pytest.raises(
         TaskDataError,
-        match=r"\(split 'train'\): row 1 has NoneType None in text column 'sentence'; expected a string",
+        match=r"\(split 'train'\): line 2: field 'sentence' has no value; expected a string in every record",
+    ):
+        get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
+
+
+def test_record_missing_a_field_names_file_line_and_field(tmp_path: Path):
+    f = tmp_path / "train.jsonl"
+    f.write_text('{"sentence": "a", "label": 1}\n\n{"label": 0}\n{"sentence": "c", "label": 1}\n')
+    with pytest.raises(TaskDataError) as err:
+        get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
+    assert str(err.value) == (
+        f"task glue/sst2: {f} (split 'train'): line 3: field 'sentence' has no value; expected a string in every record"
+    )
+    f.write_text('{"sentence": "a", "label": 1}\n{"sentence": 5, "label": 1}\n')
+    with pytest.raises(
+        TaskDataError,
+        match=r"line 2: field 'sentence' has int 5 where earlier records have str; every record needs the same type per field",
+    ):
+        get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
+    f.unlink()
+    (tmp_path / "train.json").write_text(
+        json.dumps([{"sentence": "a", "label": 1}, {"sentence": "b", "label": 3}])
+    )
+    with pytest.raises(
+        TaskDataError, match=r"unexpected label value\(s\) \[3\] in column 'label' \(first at record 1\)"
     ):
         get_task("glue/sst2").load(DataSource(path=str(tmp_path)))
 
@@ -91,7 +115,7 @@ def test_regression_labels_must_be_numbers(tmp_path: Path):
     write_jsonl(tmp_path / "train.jsonl", [{"sentence1": "a", "sentence2": "b", "label": "high"}])
     with pytest.raises(
         TaskDataError,
-        match=r"column 'label' has non-numeric value\(s\) \[\"'high'\"\]; expected float scores",
+        match=r"column 'label' has non-numeric value\(s\) \[\"'high'\"\] \(first at line 1\); expected float scores",
     ):
         get_task("glue/stsb").load(DataSource(path=str(tmp_path)))
 

@@ -252,7 +252,7 @@ def test_bad_messages_are_reported(tmp_path: Path):
     (tmp_path / "train.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(
         TaskDataError,
-        match=r"row 0: message 1 has role 'bot'; expected one of \['system', 'user', 'assistant'\]",
+        match=r"line 1: message 1 has role 'bot'; expected one of \['system', 'user', 'assistant'\]",
     ):
         get_task("instruct/alpaca").load(DataSource(path=str(tmp_path)))
 
@@ -262,7 +262,7 @@ def test_null_response_is_reported(tmp_path: Path):
         json.dumps({"instruction": "q", "input": "", "output": None}) + "\n"
     )
     with pytest.raises(
-        TaskDataError, match=r"row 0 has NoneType None in text column 'output'; expected a string"
+        TaskDataError, match=r"line 1: field 'output' has no value; expected a string in every record"
     ):
         get_task("instruct/alpaca").load(DataSource(path=str(tmp_path)))
 

@@ -221,5 +221,5 @@ def test_record_requires_answers_outside_test(tmp_path: Path):
     (tmp_path / "validation.jsonl").write_text(json.dumps(_record_row(0, ["A"], [])) + "\n")
     from moc_cli.tasks import TaskDataError
 
-    with pytest.raises(TaskDataError, match=r"1 row\(s\) without gold answers \(first at row 0\)"):
+    with pytest.raises(TaskDataError, match=r"1 row\(s\) without gold answers \(first at line 1\)"):
         get_task("superglue/record").load(DataSource(path=str(tmp_path)))
