@@ -72,7 +72,8 @@ def build_model(
     kwargs: dict[str, Any] = {
         "trust_remote_code": bool(cfg.get("trust_remote_code")),
         # Pickled .bin weights can execute code on load; safetensors only unless explicitly allowed.
-        "use_safetensors": not bool(cfg.get("allow_pickle")),
+        # allow_pickle widens the choice (safetensors still preferred when present), it never forbids safetensors.
+        "use_safetensors": None if cfg.get("allow_pickle") else True,
     }
     dtype = resolve_dtype(cfg.get("dtype"))
     if dtype is not None:
