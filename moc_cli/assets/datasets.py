@@ -14,6 +14,7 @@ import bz2
 import csv
 import functools
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,7 @@ SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.1}  # the rest is train
 CHITCHAT_FILE = "dataset.json"
 
 
-def _asset_file(module: str, distribution: str, *parts: str):
+def _asset_file(module: str, distribution: str, *parts: str) -> Path:
     path = package_dir(module, distribution).joinpath(*parts)
     if not path.is_file():
         raise AssetPathError(

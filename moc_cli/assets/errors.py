@@ -26,7 +26,3 @@ class AssetPathError(AssetError, FileNotFoundError):
         super().__init__(message)
         self.distribution = distribution
         self.path = path
-
-    def __str__(self) -> str:
-        # FileNotFoundError would otherwise print "[Errno ...]"-style tuples for a one-arg init.
-        return str(self.args[0])
