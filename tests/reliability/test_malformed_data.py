@@ -90,7 +90,7 @@ def test_wrong_label_value(tiny_bert, sst2_rows, good, tmp_path) -> None:
     train = _write(tmp_path / "train.jsonl", [json.dumps(r) for r in rows])
     _assert_clean_failure(
         _train(tiny_bert, train, good, tmp_path / "run"),
-        f"task glue/sst2: {train} (split 'train'): unexpected label value(s) [7] in column 'label'",
+        f"task glue/sst2: {train} (split 'train'): unexpected label value(s) [7] in column 'label' (first at line 5)",
     )
 
 
@@ -104,25 +104,11 @@ def test_empty_split(tiny_bert, sst2_rows, tmp_path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks integration missing: check_labels reports the bad values and the column but not the line "
-    "of the first offending record (moc_cli/tasks/io.py)",
-)
-def test_wrong_label_value_names_the_line(tiny_bert, sst2_rows, good, tmp_path) -> None:
-    rows = [dict(r) for r in sst2_rows]
-    rows[4]["label"] = 7
-    train = _write(tmp_path / "train.jsonl", [json.dumps(r) for r in rows])
-    _assert_clean_failure(_train(tiny_bert, train, good, tmp_path / "run"), "line 5")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks integration missing: a JSONL record without a required field becomes null in "
-    "Dataset.from_list and the run trains on it silently; the loader should reject it naming file, line and field",
-)
 def test_field_missing_in_one_record(tiny_bert, sst2_rows, good, tmp_path) -> None:
     rows = [dict(r) for r in sst2_rows]
     del rows[9]["sentence"]
     train = _write(tmp_path / "train.jsonl", [json.dumps(r) for r in rows])
-    _assert_clean_failure(_train(tiny_bert, train, good, tmp_path / "run"), str(train), "line 10", "sentence")
+    _assert_clean_failure(
+        _train(tiny_bert, train, good, tmp_path / "run"),
+        f"task glue/sst2: {train} (split 'train'): line 10: field 'sentence' has no value",
+    )
