@@ -111,7 +111,7 @@ def run_overrides(model_dir: Path, data: dict[str, Path]) -> list[str]:
         "training.learning_rate=0.01",
         "training.per_device_eval_batch_size=32",
         "training.logging_steps=5",
-        "training.eval_strategy='no'",  # quoted: YAML reads a bare no as false
+        "training.eval_strategy=no",
         "training.save_strategy=steps",
         "training.save_steps=10",
         "training.save_total_limit=null",

@@ -133,7 +133,7 @@ def _runner_overrides(tiny_bert, sst2_small, out) -> list[str]:
         "training.save_steps=1",
         "training.save_total_limit=null",
         "training.logging_steps=1",
-        "training.eval_strategy='no'",
+        "training.eval_strategy=no",
         "training.warmup_steps=0",
         "output.progress=none",
         f"output.dir={out}",
