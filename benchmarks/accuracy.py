@@ -38,12 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
+        "--report-only", action="store_true", help="only regenerate the report from the stored results"
+    )
+    parser.add_argument(
         "--work-dir", type=Path, default=None, help="run directories (default: ~/.cache/moc_cli)"
     )
     args = parser.parse_args(argv)
 
     import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
-    from moc_cli.bench.accuracy import Budget, run_accuracy_benchmark
+    from moc_cli.bench.accuracy import RESULTS_JSONL, Budget, load_finished, run_accuracy_benchmark
+
+    if args.report_only:
+        from moc_cli.bench.report import write_accuracy_report
+
+        records = list(load_finished(args.output_dir / RESULTS_JSONL).values())
+        print(f"wrote {write_accuracy_report(records, args.output_dir)}")
+        return 0
 
     report = run_accuracy_benchmark(
         tasks=args.task or ["glue/sst2"],

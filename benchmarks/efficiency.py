@@ -38,10 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-method peak-RSS subprocesses")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only regenerate the report from the stored results"
+    )
     args = parser.parse_args(argv)
 
     import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
-    from moc_cli.bench.efficiency import run_efficiency_benchmark
+    from moc_cli.bench.efficiency import RESULTS_JSON, load_runs, run_efficiency_benchmark
+
+    if args.report_only:
+        from moc_cli.bench.report import write_efficiency_report
+
+        print(f"wrote {write_efficiency_report(load_runs(args.output_dir / RESULTS_JSON), args.output_dir)}")
+        return 0
 
     report = run_efficiency_benchmark(
         models=args.model or ["minilm"],
