@@ -122,7 +122,37 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
                 "",
                 *targets,
             ]
+    out += growth_table(runs)
     return "\n".join(out) + "\n"
+
+
+def growth_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Saved bytes per token across sequence lengths, per model (memory grows with length via attention)."""
+    out: list[str] = []
+    for model in sorted({r["model"] for r in runs}):
+        seen: dict[tuple[int, int], dict[str, Any]] = {}
+        for r in runs:
+            if r["model"] == model:
+                seen.setdefault((r["seq_len"], r["batch_size"]), r)  # one run per shape is enough
+        shapes = sorted(seen)
+        if len(shapes) < 2:
+            continue
+        methods = list(dict.fromkeys(m["method"] for s in shapes for m in seen[s]["methods"]))
+        out += [
+            "",
+            f"## {model}: saved for backward per token (KiB) as the sequence grows",
+            "",
+            "| method | " + " | ".join(f"L{s} (batch {b})" for s, b in shapes) + " |",
+            "|---|" + "---:|" * len(shapes),
+        ]
+        for name in methods:
+            cells = []
+            for shape in shapes:
+                row = next((m for m in seen[shape]["methods"] if m["method"] == name), None)
+                tokens = shape[0] * shape[1]
+                cells.append("–" if row is None else f"{row['saved_bytes'] / tokens / 1024:.1f}")
+            out.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return out
 
 
 def efficiency_chart(runs: list[dict[str, Any]], path: Path) -> None:
@@ -151,6 +181,10 @@ def efficiency_chart(runs: list[dict[str, Any]], path: Path) -> None:
                 "tab:green" if n.startswith("moc") else "tab:gray" if n.startswith("control") else "tab:blue"
                 for n in names
             ]
+            if not any(values):
+                ax.text(
+                    0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes
+                )
             ax.barh(names, values, color=colors)
             ax.axvline(1.0, color="black", linewidth=0.8)
             ax.invert_yaxis()
