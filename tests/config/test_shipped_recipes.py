@@ -11,6 +11,9 @@ from moc_cli.config.preflight import preflight
 
 EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "examples").glob("*.yaml"))
 RECIPES = list_recipes()
+# Recipes whose training file has no Hub source and must be supplied by the user (LLM-Adapters'
+# commonsense_170k.json): pre-flight rightly reports the file as missing until it is downloaded.
+USER_SUPPLIED_DATA = {"commonsense/170k"}
 
 
 def test_recipe_tree_is_the_repository_one() -> None:
@@ -25,6 +28,10 @@ def test_shipped_recipe_validates(name: str) -> None:
     assert cfg.description.strip(), f"recipe {name} needs a one-line `description:` for `moc ls`"
     assert cfg.task.name, name
     issues = preflight(cfg, provenance)
+    if name in USER_SUPPLIED_DATA:
+        assert [i.path for i in issues] == ["data.path"], "\n".join(str(i) for i in issues)
+        assert "no such file or directory" in issues[0].message
+        return
     assert issues == [], "\n".join(str(i) for i in issues)
 
 
