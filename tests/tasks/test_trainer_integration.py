@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    BertConfig,
     BertForMultipleChoice,
     BertForSequenceClassification,
     Trainer,
@@ -18,19 +17,12 @@ from transformers import (
 
 from moc_cli.tasks import DataSource, get_task
 from moc_cli.tasks.metrics import accuracy, multirc_scores
+from moc_cli.testing import tiny_bert_config
 
 
 def tiny_bert(cls, vocab_size: int, num_labels: int = 2):
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-    )
-    return cls(config).eval()
+    return cls(tiny_bert_config(vocab_size=vocab_size, num_labels=num_labels)).eval()
 
 
 def trainer_for(model, task, feats, tok, tmp_path: Path, batch_size: int = 8) -> Trainer:
