@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,14 @@ def best_metric(task: Task, has_compute_metrics: bool, requested: str | None) ->
     if name == main:
         return name, main_greater
     return name, "loss" not in name and "perplexity" not in name
+
+
+def world_size() -> int:
+    """Processes in the launch (`WORLD_SIZE`, set by torchrun and accelerate launch); 1 when run directly."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def training_arguments(
@@ -75,8 +84,10 @@ def training_arguments(
 
     import torch
 
-    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
-        # Without an accelerator, bf16 autocast runs on CPU only when asked for explicitly.
+    if not torch.cuda.is_available() and (not torch.backends.mps.is_available() or world_size() > 1):
+        # Without CUDA: bf16 autocast runs on CPU only when asked for explicitly, and use_cpu selects
+        # the gloo backend, so several CPU processes (torchrun, accelerate launch) train together
+        # instead of each alone; MPS has no multi-process backend.
         kwargs["use_cpu"] = True
     kwargs.update(
         output_dir=str(output_dir),
@@ -87,6 +98,12 @@ def training_arguments(
         disable_tqdm=not show_bar,
         # Checkpoints must carry optimizer, scheduler and RNG state for an exact resume.
         save_only_model=False,
+        # Trainer multiplies the loss by the number of processes when it averages token counts
+        # across them: right for causal LM losses (summed, then divided by the global token count),
+        # wrong for classification, regression and multiple-choice losses, which are batch means.
+        average_tokens_across_devices=task.kind == "causal_lm",
+        # Keep NaN/inf losses in the logs, where the NaN guard (moc_cli.reliability) sees them.
+        logging_nan_inf_filter=False,
     )
     try:
         return TrainingArguments(**kwargs)

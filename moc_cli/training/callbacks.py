@@ -34,7 +34,6 @@ class MetricsJsonlCallback(TrainerCallback):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Set to "final_eval" by the runner for the evaluations after training, which Trainer
         # logs like periodic ones.
         self.eval_kind = "eval"
@@ -56,6 +55,8 @@ class MetricsJsonlCallback(TrainerCallback):
             "kind": self.eval_kind if kind == "eval" else kind,
         }
         record.update({key: _jsonable(value) for key, value in logs.items()})
+        # Created here, on the main process only: other ranks must not write the run directory.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 

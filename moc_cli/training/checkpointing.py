@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training.run_dir import is_complete_checkpoint, replace_dir, temp_dir_beside
+from moc_cli.training.run_dir import replace_dir, temp_dir_beside
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -28,16 +28,24 @@ def save_resumable_checkpoint(trainer: Trainer, checkpoints_dir: Path) -> Path |
     Used when a KeyboardInterrupt escapes the training loop (e.g. raised by user code), where
     Trainer's own save hook cannot run. Weights are those of the last completed optimizer step,
     which is the state `trainer_state.json` describes. Returns None if no step completed.
+
+    The checkpoint gets the same `.complete` marker as Trainer's own saves (see
+    `moc_cli.reliability.checkpoints`), so `--resume auto` accepts it. Only the main process
+    writes; under a launcher the other ranks return the path.
     """
     import numpy as np
     import torch
+
+    from moc_cli.reliability.checkpoints import MARKER_NAME, validate_checkpoint, write_completion_marker
 
     step = trainer.state.global_step
     if step == 0 or trainer.optimizer is None:
         return None
     final = Path(checkpoints_dir) / f"checkpoint-{step}"
-    if is_complete_checkpoint(final):
+    if not trainer.is_world_process_zero():
         return final
+    if (final / MARKER_NAME).is_file() and not validate_checkpoint(final):
+        return final  # Trainer saved this step already and the save finished
     tmp = temp_dir_beside(final)
     trainer.save_model(str(tmp))
     torch.save(trainer.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -53,6 +61,7 @@ def save_resumable_checkpoint(trainer: Trainer, checkpoints_dir: Path) -> Path |
     torch.save(rng, tmp / "rng_state.pth")
     trainer.state.save_to_json(str(tmp / "trainer_state.json"))
     replace_dir(tmp, final)
+    write_completion_marker(final, step)
     return final
 
 

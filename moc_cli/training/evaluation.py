@@ -81,6 +81,14 @@ def _build_eval_model(cfg_data: dict[str, Any], task: Any, adapter: Path) -> tup
         base = build_model(source, task, cfg_data["model"], tokenizer)
         from peft import PeftModel
 
+        from moc_cli.reliability.compat import AdapterMismatchError, check_adapter_compatible
+
+        # Before peft injects anything: a wrong base fails with both models named, not with a
+        # size-mismatch traceback (or, for equal shapes, silently wrong scores).
+        try:
+            check_adapter_compatible(adapter, base)
+        except AdapterMismatchError as exc:
+            raise RunSetupError(f"{exc} Or pass model.name_or_path=<that base>.") from exc
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     else:
         tokenizer = build_tokenizer(str(adapter), cfg_data["model"])

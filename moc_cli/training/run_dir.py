@@ -1,11 +1,13 @@
-"""The run directory: layout, overwrite policy, resolved config, environment record, atomic writes."""
+"""The run directory: layout, overwrite policy, resolved config, environment record, atomic writes.
+
+Checkpoint validation and resume selection live in `moc_cli.reliability.checkpoints`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +22,6 @@ from moc_cli.training.errors import RunSetupError
 
 # Everything a run writes at the top level of its directory; `--overwrite` removes only these.
 RUN_DIR_ENTRIES = ("config.yaml", "env.json", "checkpoints", "adapter", "logs", "eval", "plots", "export")
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
 @dataclass(frozen=True)
@@ -72,26 +71,31 @@ class RunDir:
             path.mkdir(parents=True, exist_ok=True)
 
 
-def prepare_run_dir(root: Path, overwrite: bool, resuming: bool) -> RunDir:
-    """Create the run dir; refuse a non-empty one unless resuming or `overwrite` (then clear our entries)."""
+def check_run_dir(root: Path, overwrite: bool, resuming: bool) -> RunDir:
+    """The run dir at `root`; refuse a non-empty one unless resuming or `overwrite`.
+
+    Read-only, so every process of a distributed launch runs it and fails the same way before
+    anything heavy loads. Only the main process clears (`clear_run_dir`) and creates folders.
+    """
     run = RunDir(Path(root))
     if run.root.exists() and not run.root.is_dir():
         raise RunSetupError(f"output.dir {run.root} exists and is not a directory; choose another output.dir")
-    if run.root.is_dir() and any(run.root.iterdir()) and not resuming:
-        if not overwrite:
-            raise RunSetupError(
-                f"output directory {run.root} is not empty; pass --overwrite (output.overwrite=true) to "
-                "replace it, --resume auto to continue it, or choose another output.dir"
-            )
-        for name in RUN_DIR_ENTRIES:
-            path = run.root / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    # Folders are created by the caller once the model and data have loaded: a run that fails to
-    # start leaves no non-empty directory behind that would block the corrected command.
+    if run.root.is_dir() and any(run.root.iterdir()) and not resuming and not overwrite:
+        raise RunSetupError(
+            f"output directory {run.root} is not empty; pass --overwrite (output.overwrite=true) to "
+            "replace it, --resume auto to continue it, or choose another output.dir"
+        )
     return run
+
+
+def clear_run_dir(run: RunDir) -> None:
+    """Remove what an earlier run wrote (`--overwrite`); other files in the folder are kept."""
+    for name in RUN_DIR_ENTRIES:
+        path = run.root / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -129,51 +133,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def checkpoint_step(path: Path) -> int | None:
-    match = _CHECKPOINT_RE.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    """Trainer writes trainer_state.json last, so its presence plus weights marks a complete checkpoint."""
-    return (
-        path.is_dir()
-        and (path / "trainer_state.json").is_file()
-        and any((path / name).is_file() for name in _WEIGHT_FILES)
-    )
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The complete `checkpoint-N` with the highest N, or None."""
-    if not checkpoints.is_dir():
-        return None
-    found = [
-        (step, path)
-        for path in checkpoints.iterdir()
-        if (step := checkpoint_step(path)) is not None and is_complete_checkpoint(path)
-    ]
-    return max(found)[1] if found else None
-
-
-def resolve_resume(resume: str, run: RunDir) -> Path:
-    """`--resume auto` -> latest complete checkpoint of the run; `--resume PATH` -> that checkpoint."""
-    if resume == "auto":
-        found = latest_checkpoint(run.checkpoints)
-        if found is None:
-            raise RunSetupError(
-                f"--resume auto found no complete checkpoint in {run.checkpoints}; "
-                "start without --resume, or pass --resume PATH to a checkpoint-N folder"
-            )
-        return found
-    path = Path(resume)
-    if not is_complete_checkpoint(path):
-        raise RunSetupError(
-            f"--resume {resume}: not a complete Trainer checkpoint (needs trainer_state.json and "
-            "adapter_model.safetensors); pass a checkpoint-N folder or --resume auto"
-        )
-    return path
 
 
 def _git_sha() -> str | None:

@@ -15,12 +15,10 @@ from moc_cli.training.errors import RunInterrupted, RunSetupError
 from moc_cli.training.run_dir import (
     RunDir,
     atomic_write_text,
-    checkpoint_step,
+    check_run_dir,
+    clear_run_dir,
     environment_record,
-    prepare_run_dir,
     replace_dir,
-    resolve_resume,
-    temp_dir_beside,
     version_of,
     write_json,
 )
@@ -96,19 +94,39 @@ def generation_metrics(
     return {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in (scores or {}).items()}
 
 
-def _save_final_adapter(trainer: Trainer, run: RunDir, card: str) -> None:
-    """Write adapter + model card to a temp dir beside `adapter/`, then swap it in atomically."""
-    tmp = temp_dir_beside(run.adapter)
+def _wait_for_everyone() -> None:
+    """Barrier across the processes of a launch (no-op in a single process)."""
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def _save_final_adapter(trainer: Trainer, run: RunDir, card: str | None) -> None:
+    """Write adapter + model card to a temp dir beside `adapter/`, then swap it in atomically.
+
+    Every process calls this: `save_model` is a collective under FSDP/DeepSpeed, so all ranks save
+    into the same fixed temporary folder; the main process (the only one given a `card`) then adds
+    the README and swaps the folder in.
+    """
+    import shutil
+
+    main = trainer.is_world_process_zero()
+    tmp = run.root / f".{run.adapter.name}.saving"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
+    _wait_for_everyone()
     try:
         trainer.save_model(str(tmp))
+        _wait_for_everyone()  # every rank's part of the save is on disk
+        if not main:
+            return
         # A pickle of TrainingArguments; config.yaml already records them, and loading needs no pickle.
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        (tmp / "README.md").write_text(card or "", encoding="utf-8")
         replace_dir(tmp, run.adapter)
     except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -143,28 +161,56 @@ def run_training(
     if output.get("dir"):
         root = Path(output["dir"]).expanduser()
     elif resume is not None and resume != "auto":
-        # --resume PATH/checkpoints/checkpoint-N continues that run's directory.
-        root = Path(resume).resolve().parent.parent
+        # --resume continues that run's directory: RUN/checkpoints/checkpoint-N or RUN itself.
+        path = Path(resume).expanduser().resolve()
+        root = path if (path / "checkpoints").is_dir() else path.parent.parent
     elif resume == "auto":
         raise RunSetupError("--resume auto needs the run directory: pass --output-dir (output.dir=...)")
     else:
         root = default_output_dir(cfg_data)
     cfg_data.setdefault("output", {})["dir"] = str(root)
 
-    run = prepare_run_dir(root, overwrite=bool(output.get("overwrite")), resuming=resume is not None)
-    resume_from = resolve_resume(resume, run) if resume is not None else None
-    if resume_from is not None:
-        from moc_cli.training.callbacks import truncate_metrics
-
-        check_drift(run, cfg_data)
-        truncate_metrics(run.metrics, checkpoint_step(resume_from) or 0)
+    overwrite = bool(output.get("overwrite"))
+    run = check_run_dir(root, overwrite=overwrite, resuming=resume is not None)
+    resume_from = resume_checkpoint(resume, run)
 
     def record_run() -> None:
+        """Main process only: clear an overwritten run, set up the folders, record config and env."""
+        if overwrite and resume is None:
+            clear_run_dir(run)
         run.make()
+        if resume_from is not None:
+            from moc_cli.reliability.checkpoints import checkpoint_step
+            from moc_cli.training.callbacks import truncate_metrics
+
+            check_drift(run, cfg_data)
+            truncate_metrics(run.metrics, checkpoint_step(resume_from) or 0)
         atomic_write_text(run.config, _config_yaml(cfg, cfg_data, provenance))
         write_json(run.env, environment_record(cfg_data.get("seed"), provenance))
 
     return _train(cfg_data, run, resume_from, started, record_run, list(callbacks or []))
+
+
+def resume_checkpoint(resume: str | None, run: RunDir) -> Path | None:
+    """The checkpoint to resume from for `--resume` (None: start fresh).
+
+    `auto` takes the latest checkpoint of the run that validates (damaged ones are skipped with a
+    warning naming the file); a path must be a valid `checkpoint-N` (or a run directory).
+    """
+    if resume is None:
+        return None
+    from moc_cli.reliability.checkpoints import CheckpointError, resolve_resume
+
+    try:
+        found = resolve_resume(resume, run.checkpoints)
+    except CheckpointError as exc:
+        raise RunSetupError(str(exc)) from exc
+    if found is None:
+        raise RunSetupError(
+            f"--resume auto found no usable checkpoint in {run.checkpoints}; start without --resume, "
+            "or pass --resume PATH to a checkpoint-N folder"
+        )
+    return found
 
 
 def _train(
@@ -219,7 +265,13 @@ def _train(
         show_bar=show_bar,
     )
 
-    record_run()
+    # TrainingArguments set up the process group: from here on, ranks are known. Only the main
+    # process writes the run directory; the others wait so that no rank trains (or saves) into
+    # a directory that is still being cleared.
+    main_process = args.process_index == 0
+    if main_process:
+        record_run()
+    _wait_for_everyone()
     interrupt = InterruptCallback()
     routing = RoutingStatsCallback(model) if method in ROUTED_METHODS else None
     metrics_log = MetricsJsonlCallback(run.metrics)
@@ -238,6 +290,12 @@ def _train(
         callbacks.append(
             EarlyStoppingCallback(early_stopping_patience=training_cfg["early_stopping_patience"])
         )
+    # Completion markers on every checkpoint and the NaN guard; a caller passing its own
+    # instance (library use) replaces the default one rather than running it twice.
+    from moc_cli.reliability import default_callbacks
+
+    given = {type(cb) for cb in extra_callbacks}
+    callbacks.extend(cb for cb in default_callbacks() if type(cb) not in given)
     callbacks.extend(extra_callbacks)
     callbacks.append(interrupt)
 
@@ -257,18 +315,26 @@ def _train(
         if progress != "none":
             trainer.add_callback(ProgressLinesCallback())
 
+    from moc_cli.reliability.nan_guard import NonFiniteLossError
+
     interrupt.install()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
         checkpoint = save_resumable_checkpoint(trainer, run.checkpoints)
-        _report_interrupt(checkpoint, run)
+        if main_process:
+            _report_interrupt(checkpoint, run)
         raise RunInterrupted(str(checkpoint) if checkpoint else None) from None
+    except NonFiniteLossError as exc:
+        if main_process:
+            _report_divergence(exc, run)
+        raise
     finally:
         interrupt.uninstall()
     if interrupt.requested:
         checkpoint = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
-        _report_interrupt(checkpoint, run)
+        if main_process:
+            _report_interrupt(checkpoint, run)
         raise RunInterrupted(str(checkpoint))
 
     metrics_log.eval_kind = "final_eval"
@@ -284,6 +350,15 @@ def _report_interrupt(checkpoint: Path | None, run: RunDir) -> None:
             f"Continue with: moc train ... --output-dir {run.root} --resume auto",
             file=sys.stderr,
         )
+
+
+def _report_divergence(exc: Exception, run: RunDir) -> None:
+    """Name the checkpoint a diverged run can restart from (the guard stopped before saving its step)."""
+    from moc_cli.reliability.checkpoints import find_resume_checkpoint
+
+    last_good = find_resume_checkpoint(run.checkpoints)
+    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+    print(f"Training diverged at step {getattr(exc, 'step', '?')}; {where}.", file=sys.stderr, flush=True)
 
 
 def _finish(
@@ -304,6 +379,9 @@ def _finish(
     from moc_cli.training.plots import plot_curves, plot_routing
     from moc_cli.training.summary import format_summary, summary_record
 
+    # Evaluation is a collective (every rank scores its shard, Trainer gathers); everything written
+    # to the run directory (samples, adapter card, plots, results) comes from the main process.
+    main_process = trainer.is_world_process_zero()
     split_metrics: dict[str, dict[str, float]] = {}
     routing_record: dict[str, Any] | None = None
     for split in data.eval_splits:
@@ -312,7 +390,7 @@ def _finish(
         metrics = evaluate_split(trainer, task, data, split)
         if routing is not None and split == data.eval_splits[0]:
             routing_record = routing.last_eval_stats
-        if task.kind == "causal_lm":
+        if task.kind == "causal_lm" and main_process:
             metrics.update(
                 generation_metrics(trainer.model, trainer.processing_class, task, data, split, run.eval)
             )
@@ -323,6 +401,10 @@ def _finish(
     if main_split and main_key not in split_metrics[main_split]:
         main_key = "eval_loss"
     main_value = split_metrics[main_split].get(main_key) if main_split else None
+
+    if not main_process:
+        _save_final_adapter(trainer, run, None)
+        return run.root
 
     versions = {dist: version_of(dist) for dist in ("moc_cli", "peft", "transformers", "torch")}
     card = render_model_card(

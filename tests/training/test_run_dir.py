@@ -1,4 +1,4 @@
-"""Run directory policy: overwrite refusal, checkpoint discovery, atomic replacement, config drift."""
+"""Run directory policy: overwrite refusal, resume errors, atomic replacement, config drift."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import pytest
 
 from moc_cli.training.checkpointing import config_drift
 from moc_cli.training.errors import RunSetupError
-from moc_cli.training.run_dir import (
-    latest_checkpoint,
-    prepare_run_dir,
-    replace_dir,
-    resolve_resume,
-    temp_dir_beside,
-)
+from moc_cli.training.run_dir import RunDir, check_run_dir, clear_run_dir, replace_dir, temp_dir_beside
+from moc_cli.training.runner import resume_checkpoint
 
 
 def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
@@ -29,7 +24,7 @@ def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:
 def test_refuses_non_empty_dir_with_the_fix(tmp_path: Path) -> None:
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(RunSetupError) as info:
-        prepare_run_dir(tmp_path, overwrite=False, resuming=False)
+        check_run_dir(tmp_path, overwrite=False, resuming=False)
     assert str(info.value) == (
         "invalid config (1 error):\n"
         f"  - output directory {tmp_path} is not empty; pass --overwrite (output.overwrite=true) to replace it, "
@@ -37,51 +32,57 @@ def test_refuses_non_empty_dir_with_the_fix(tmp_path: Path) -> None:
     )
 
 
+def test_refuses_a_file_as_run_dir(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("x")
+    with pytest.raises(RunSetupError, match=f"output.dir {tmp_path / 'run'} exists and is not a directory"):
+        check_run_dir(tmp_path / "run", overwrite=True, resuming=False)
+
+
 def test_empty_or_missing_dirs_are_fine(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert prepare_run_dir(tmp_path / "empty", overwrite=False, resuming=False).root == tmp_path / "empty"
-    run = prepare_run_dir(tmp_path / "new" / "run", overwrite=False, resuming=False)
+    assert check_run_dir(tmp_path / "empty", overwrite=False, resuming=False).root == tmp_path / "empty"
+    run = check_run_dir(tmp_path / "new" / "run", overwrite=False, resuming=False)
     assert not run.root.exists()  # created only once the model and data have loaded
     run.make()
     assert sorted(p.name for p in run.root.iterdir()) == ["checkpoints", "eval", "logs", "plots"]
 
 
-def test_overwrite_clears_only_run_entries(tmp_path: Path) -> None:
+def test_overwrite_is_checked_read_only_then_clears_only_run_entries(tmp_path: Path) -> None:
     for name in ("checkpoints", "adapter", "logs"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "f").write_text("x")
     (tmp_path / "config.yaml").write_text("x")
     (tmp_path / "notes.md").write_text("mine")
-    prepare_run_dir(tmp_path, overwrite=True, resuming=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = check_run_dir(tmp_path, overwrite=True, resuming=False)
+    # Every process of a launch runs the check; only the main process clears, later.
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    clear_run_dir(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
 
 
 def test_resuming_keeps_the_dir(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("x")
-    prepare_run_dir(tmp_path, overwrite=False, resuming=True)
+    check_run_dir(tmp_path, overwrite=False, resuming=True)
     assert (tmp_path / "config.yaml").read_text() == "x"
 
 
-def test_latest_complete_checkpoint(tmp_path: Path) -> None:
-    assert latest_checkpoint(tmp_path / "missing") is None
-    make_checkpoint(tmp_path, 4)
-    make_checkpoint(tmp_path, 12)
-    make_checkpoint(tmp_path, 16, complete=False)  # a save cut short
-    (tmp_path / "checkpoint-x").mkdir()
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-12"  # numeric, not lexicographic
-
-
-def test_resolve_resume(tmp_path: Path) -> None:
-    run = prepare_run_dir(tmp_path / "run", overwrite=False, resuming=True)
-    with pytest.raises(RunSetupError, match="--resume auto found no complete checkpoint in"):
-        resolve_resume("auto", run)
-    run.make()
-    ckpt = make_checkpoint(run.checkpoints, 8)
-    assert resolve_resume("auto", run) == ckpt
-    assert resolve_resume(str(ckpt), run) == ckpt
-    broken = make_checkpoint(tmp_path / "elsewhere", 3, complete=False)
-    with pytest.raises(RunSetupError, match="not a complete Trainer checkpoint"):
-        resolve_resume(str(broken), run)
+def test_resume_errors_are_setup_errors(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert resume_checkpoint(None, run) is None
+    with pytest.raises(
+        RunSetupError, match=r"--resume auto found no usable checkpoint in .*/run/checkpoints; "
+    ):
+        resume_checkpoint("auto", run)
+    # Only a damaged checkpoint: skipped by auto (which then finds nothing), named when given.
+    damaged = make_checkpoint(run.checkpoints, 8)
+    with pytest.raises(RunSetupError, match="--resume auto found no usable checkpoint"):
+        resume_checkpoint("auto", run)
+    with pytest.raises(RunSetupError) as info:
+        resume_checkpoint(str(damaged), run)
+    assert f"--resume {damaged}: checkpoint is damaged: " in str(info.value)
+    assert "adapter_model.safetensors: truncated safetensors file (1 bytes; " in str(info.value)
+    assert "optimizer.pt: missing" in str(info.value)
 
 
 def test_replace_dir_swaps_complete_directories(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from moc_cli.reliability.checkpoints import MARKER_NAME, find_resume_checkpoint, validate_checkpoint
 from moc_cli.training import RunInterrupted, RunSetupError, run_eval, run_training
 from moc_cli.training.callbacks import read_metrics
-from moc_cli.training.run_dir import is_complete_checkpoint
 
 MOC = ("method.name=moc",)
 
@@ -155,7 +155,9 @@ def test_ctrl_c_saves_a_resumable_checkpoint(reference_run: dict, how: str, caps
     assert isinstance(info.value, KeyboardInterrupt)
     checkpoint = out / "checkpoints" / "checkpoint-3"
     assert info.value.checkpoint == str(checkpoint)
-    assert is_complete_checkpoint(checkpoint)
+    assert validate_checkpoint(checkpoint) == []
+    assert (checkpoint / MARKER_NAME).is_file()  # what --resume auto requires once a run has markers
+    assert find_resume_checkpoint(out / "checkpoints") == checkpoint
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"} <= {
         p.name for p in checkpoint.iterdir()
     }
