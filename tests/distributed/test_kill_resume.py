@@ -100,12 +100,6 @@ def test_sigkill_then_resume_auto_matches_uninterrupted(reference, killed, base_
     _assert_same_run(reference, work)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner integration missing: --resume auto uses training.run_dir.latest_checkpoint (trainer_state.json "
-    "+ weights present) instead of reliability.checkpoints.find_resume_checkpoint, so it resumes from a "
-    "truncated checkpoint and crashes instead of falling back",
-)
 def test_resume_auto_skips_a_damaged_latest_checkpoint(reference, killed, base_overrides, tmp_path) -> None:
     work = tmp_path / "run"
     shutil.copytree(killed, work)

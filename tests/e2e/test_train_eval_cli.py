@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from moc_cli.cli.app import app
 
 CHECKPOINT_FILES = [
+    ".complete",  # the completion marker (moc_cli.reliability.checkpoints): the save finished
     "README.md",
     "adapter_config.json",
     "adapter_model.safetensors",
@@ -78,7 +79,9 @@ def config_file(tmp_path: Path, tiny_bert: Path, sst2_dir: Path) -> Path:
     return path
 
 
-def test_train_then_eval_reproduces_metrics(config_file: Path, tmp_path: Path) -> None:
+def test_train_then_eval_reproduces_metrics(
+    config_file: Path, tmp_path: Path, tiny_bert: Path, wider_bert: Path
+) -> None:
     runner = CliRunner()
     run_dir = tmp_path / "run"
     result = runner.invoke(
@@ -127,6 +130,16 @@ def test_train_then_eval_reproduces_metrics(config_file: Path, tmp_path: Path) -
     metrics = json.loads(evaluated.stdout)
     # A fresh process state: base model + adapter reloaded from disk give the same numbers, bit for bit.
     assert metrics == results["metrics"]["validation"]
+
+    before = (run_dir / "eval" / "results.json").read_text()
+    wrong_base = runner.invoke(app, ["eval", str(run_dir), f"model.name_or_path={wider_bert}"])
+    assert wrong_base.exit_code == 2, wrong_base.output
+    assert (
+        f"Adapter {run_dir / 'adapter'} was trained on '{tiny_bert}' (model_type=bert, hidden_size=32) "
+        f"and does not fit the base model '{wider_bert}' (model_type=bert, hidden_size=48): "
+        "hidden_size 32 != 48." in wrong_base.stderr
+    )
+    assert (run_dir / "eval" / "results.json").read_text() == before
 
     again = runner.invoke(app, ["train", "--config", str(config_file), "--output-dir", str(run_dir)])
     assert again.exit_code == 2
