@@ -1,8 +1,8 @@
-"""GLUE (nyu-mll/glue): nine tasks with their official metrics."""
+"""GLUE (nyu-mll/glue): nine tasks with their official metrics, one table row per task."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -19,95 +19,85 @@ class GlueTask(ClassificationTask):
         return glue_metric(self.glue_config, preds, labels)
 
 
-@register_task
-class Cola(GlueTask):
-    name = "glue/cola"
-    description = "CoLA acceptability (GLUE): Matthews correlation"
-    hub_name = glue_config = "cola"
-    text_columns = ("sentence",)
-    label_names = ["unacceptable", "acceptable"]
-    main_metric = "matthews_correlation"
+def glue_task(
+    config: str,
+    description: str,
+    text_columns: tuple[str, ...],
+    label_names: list[str] | None,
+    main_metric: str = "accuracy",
+    **attributes: Any,
+) -> type[GlueTask]:
+    """Define and register the task `glue/<config>`; `attributes` set further class attributes.
+
+    The GLUE tasks differ only in data (columns, labels, metric, splits), so each is one call.
+    """
+    cls = type(
+        config.capitalize(),
+        (GlueTask,),
+        {
+            "__module__": __name__,
+            "name": f"glue/{config}",
+            "description": description,
+            "hub_name": config,
+            "glue_config": config,
+            "text_columns": text_columns,
+            "label_names": label_names,
+            "main_metric": main_metric,
+            **attributes,
+        },
+    )
+    return register_task(cls)
 
 
-@register_task
-class Sst2(GlueTask):
-    name = "glue/sst2"
-    description = "SST-2 sentiment (GLUE): accuracy"
-    hub_name = glue_config = "sst2"
-    text_columns = ("sentence",)
-    label_names = ["negative", "positive"]
-    main_metric = "accuracy"
-
-
-@register_task
-class Mrpc(GlueTask):
-    name = "glue/mrpc"
-    description = "MRPC paraphrase (GLUE): accuracy and F1"
-    hub_name = glue_config = "mrpc"
-    text_columns = ("sentence1", "sentence2")
-    label_names = ["not_equivalent", "equivalent"]
-    main_metric = "accuracy"
-
-
-@register_task
-class Stsb(GlueTask):
-    name = "glue/stsb"
-    description = "STS-B similarity regression (GLUE): Pearson and Spearman"
-    kind = "regression"
-    hub_name = glue_config = "stsb"
-    text_columns = ("sentence1", "sentence2")
-    label_names = None
-    main_metric = "pearson"
-
-
-@register_task
-class Qqp(GlueTask):
-    name = "glue/qqp"
-    description = "QQP duplicate questions (GLUE): accuracy and F1"
-    hub_name = glue_config = "qqp"
-    text_columns = ("question1", "question2")
-    label_names = ["not_duplicate", "duplicate"]
-    main_metric = "accuracy"
-
-
-@register_task
-class Mnli(GlueTask):
-    name = "glue/mnli"
-    description = "MNLI entailment (GLUE): accuracy on matched and mismatched validation"
-    hub_name = glue_config = "mnli"
-    text_columns = ("premise", "hypothesis")
-    label_names = ["entailment", "neutral", "contradiction"]
-    main_metric = "accuracy"
-    eval_splits = ["validation_matched", "validation_mismatched"]
-    test_split = "test_matched"
-    extra_splits = ("test_mismatched",)
-
-
-@register_task
-class Qnli(GlueTask):
-    name = "glue/qnli"
-    description = "QNLI question answering entailment (GLUE): accuracy"
-    hub_name = glue_config = "qnli"
-    text_columns = ("question", "sentence")
-    label_names = ["entailment", "not_entailment"]
-    main_metric = "accuracy"
-
-
-@register_task
-class Rte(GlueTask):
-    name = "glue/rte"
-    description = "RTE entailment (GLUE): accuracy"
-    hub_name = glue_config = "rte"
-    text_columns = ("sentence1", "sentence2")
-    label_names = ["entailment", "not_entailment"]
-    main_metric = "accuracy"
-
-
-@register_task
-class Wnli(GlueTask):
-    name = "glue/wnli"
-    description = "WNLI pronoun entailment (GLUE): accuracy"
-    hub_name = glue_config = "wnli"
-    text_columns = ("sentence1", "sentence2")
-    label_names = ["not_entailment", "entailment"]
-    main_metric = "accuracy"
+Cola = glue_task(
+    "cola",
+    "CoLA acceptability (GLUE): Matthews correlation",
+    ("sentence",),
+    ["unacceptable", "acceptable"],
+    main_metric="matthews_correlation",
+)
+Sst2 = glue_task("sst2", "SST-2 sentiment (GLUE): accuracy", ("sentence",), ["negative", "positive"])
+Mrpc = glue_task(
+    "mrpc",
+    "MRPC paraphrase (GLUE): accuracy and F1",
+    ("sentence1", "sentence2"),
+    ["not_equivalent", "equivalent"],
+)
+Stsb = glue_task(
+    "stsb",
+    "STS-B similarity regression (GLUE): Pearson and Spearman",
+    ("sentence1", "sentence2"),
+    None,
+    main_metric="pearson",
+    kind="regression",
+)
+Qqp = glue_task(
+    "qqp",
+    "QQP duplicate questions (GLUE): accuracy and F1",
+    ("question1", "question2"),
+    ["not_duplicate", "duplicate"],
+)
+Mnli = glue_task(
+    "mnli",
+    "MNLI entailment (GLUE): accuracy on matched and mismatched validation",
+    ("premise", "hypothesis"),
+    ["entailment", "neutral", "contradiction"],
+    eval_splits=["validation_matched", "validation_mismatched"],
+    test_split="test_matched",
+    extra_splits=("test_mismatched",),
+)
+Qnli = glue_task(
+    "qnli",
+    "QNLI question answering entailment (GLUE): accuracy",
+    ("question", "sentence"),
+    ["entailment", "not_entailment"],
+)
+Rte = glue_task(
+    "rte", "RTE entailment (GLUE): accuracy", ("sentence1", "sentence2"), ["entailment", "not_entailment"]
+)
+Wnli = glue_task(
+    "wnli",
+    "WNLI pronoun entailment (GLUE): accuracy",
+    ("sentence1", "sentence2"),
+    ["not_entailment", "entailment"],
+)
