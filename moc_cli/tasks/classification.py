@@ -126,8 +126,6 @@ class ClassificationTask(Task):
     def preprocess(
         self, raw: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> datasets.DatasetDict:
-        import datasets
-
         def encode(batch: dict[str, list]) -> dict[str, list]:
             first, second = self.format_inputs(batch)
             enc = tokenizer(first, second, truncation=self.truncation, max_length=max_length)
@@ -139,11 +137,7 @@ class ClassificationTask(Task):
                 )
             return out
 
-        out = {}
-        for split, ds in raw.items():
-            feats = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"{self.name} {split}")
-            out[split] = drop_unlabelled(feats, split)
-        return datasets.DatasetDict(out)
+        return map_splits(self.name, raw, encode)
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]:
         return PaddingCollator(tokenizer)
@@ -165,6 +159,19 @@ class ClassificationTask(Task):
             return self.metrics(preds, np.asarray(p.label_ids))
 
         return compute_metrics
+
+
+def map_splits(
+    task_name: str, raw: datasets.DatasetDict, encode: Callable[[dict[str, list]], dict[str, list]]
+) -> datasets.DatasetDict:
+    """Features for every split: batched `encode` replaces the raw columns, then `drop_unlabelled`."""
+    import datasets
+
+    out = {}
+    for split, ds in raw.items():
+        feats = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"{task_name} {split}")
+        out[split] = drop_unlabelled(feats, split)
+    return datasets.DatasetDict(out)
 
 
 def drop_unlabelled(features: datasets.Dataset, split: str) -> datasets.Dataset:

@@ -15,7 +15,7 @@ import numpy as np
 
 from moc_cli.tasks import io
 from moc_cli.tasks.base import TaskDataError
-from moc_cli.tasks.classification import MODEL_INPUT_KEYS, ClassificationTask, drop_unlabelled, logits_of
+from moc_cli.tasks.classification import MODEL_INPUT_KEYS, ClassificationTask, logits_of, map_splits
 from moc_cli.tasks.metrics import accuracy, macro_f1, multirc_scores, record_predictions, record_scores
 from moc_cli.tasks.registry import register_task
 
@@ -187,8 +187,6 @@ class ReCoRD(SuperGlueTask):
     def preprocess(
         self, raw: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> datasets.DatasetDict:
-        import datasets
-
         def expand(batch: dict[str, list]) -> dict[str, list]:
             first, second, labels, groups, entities, answers = [], [], [], [], [], []
             for passage, query, ents, golds, idx in zip(
@@ -210,11 +208,7 @@ class ReCoRD(SuperGlueTask):
             enc = tokenizer(first, second, truncation=self.truncation, max_length=max_length)
             return {**enc, "labels": labels, "group_id": groups, "entity": entities, "answers": answers}
 
-        out = {}
-        for split, ds in raw.items():
-            feats = ds.map(expand, batched=True, remove_columns=ds.column_names, desc=f"{self.name} {split}")
-            out[split] = drop_unlabelled(feats, split)
-        return datasets.DatasetDict(out)
+        return map_splits(self.name, raw, expand)
 
     def make_compute_metrics(
         self, features: datasets.Dataset
@@ -270,8 +264,6 @@ class COPA(SuperGlueTask):
     def preprocess(
         self, raw: datasets.DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int
     ) -> datasets.DatasetDict:
-        import datasets
-
         def encode(batch: dict[str, list]) -> dict[str, list]:
             contexts = [self.context(p, q) for p, q in zip(batch["premise"], batch["question"], strict=True)]
             first = [c for c in contexts for _ in range(2)]
@@ -281,11 +273,7 @@ class COPA(SuperGlueTask):
             out["labels"] = [int(v) for v in batch["label"]]
             return out
 
-        out = {}
-        for split, ds in raw.items():
-            feats = ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"{self.name} {split}")
-            out[split] = drop_unlabelled(feats, split)
-        return datasets.DatasetDict(out)
+        return map_splits(self.name, raw, encode)
 
     def data_collator(self, tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]:
         return MultipleChoiceCollator(tokenizer)
