@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
@@ -20,6 +21,13 @@ EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+# The `--config` option of every command that resolves a recipe (train, cat, validate).
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
+]
 
 
 def err(message: str) -> None:

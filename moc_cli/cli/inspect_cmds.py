@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from moc_cli.cli.common import err, fail_config, load_or_exit
+from moc_cli.cli.common import ConfigFileOption, err, fail_config, load_or_exit
 from moc_cli.config import (
     ConfigError,
     ConfigIssue,
@@ -62,6 +62,7 @@ Examples:
   moc schema --field method.r
 """
 
+_RecipeArg = Annotated[str, typer.Argument(help="Recipe name (see `moc ls`) or a path to a recipe YAML.")]
 _OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(help="Overrides `key.path=value`; `~key.path` resets a key.", show_default=False),
@@ -87,12 +88,9 @@ def ls() -> None:
 
 
 def cat(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (see `moc ls`) or a path to a recipe YAML.")],
+    recipe: _RecipeArg,
     overrides: _OverridesArg = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
-    ] = None,
+    config: ConfigFileOption = None,
 ) -> None:
     """Print a recipe fully resolved, each value commented with its source."""
     cfg, provenance = load_or_exit(recipe, config, list(overrides or []))
@@ -100,12 +98,9 @@ def cat(
 
 
 def validate(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (see `moc ls`) or a path to a recipe YAML.")],
+    recipe: _RecipeArg,
     overrides: _OverridesArg = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
-    ] = None,
+    config: ConfigFileOption = None,
 ) -> None:
     """Check a recipe against the schema plus cheap pre-flight checks (task, model path, data files)."""
     from moc_cli.config.preflight import preflight

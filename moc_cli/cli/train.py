@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from moc_cli.cli.common import EXIT_USAGE, cli_errors, err, fail_config, load_or_exit, quoted
+from moc_cli.cli.common import (
+    EXIT_USAGE,
+    ConfigFileOption,
+    cli_errors,
+    err,
+    fail_config,
+    load_or_exit,
+    quoted,
+)
 from moc_cli.config import ConfigError, ConfigIssue, render_config
 
 EPILOG = """\
@@ -40,10 +48,7 @@ def train(
             "--recipe", "-r", help="Packaged recipe name (see `moc ls`) or a path to a recipe YAML."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="Your YAML file, applied over the recipe.", dir_okay=False),
-    ] = None,
+    config: ConfigFileOption = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print the resolved config with each value's source and exit."),
