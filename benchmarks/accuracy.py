@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, action="append")
     parser.add_argument("--grid", action="append", choices=["main", "ablations"])
     parser.add_argument("--method", action="append", help="restrict the main grid to these methods")
+    parser.add_argument(
+        "--lr", action="append", default=[], metavar="METHOD=VALUE", help="override a method's learning rate"
+    )
     parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         command=shlex.join(["python", "benchmarks/accuracy.py", *argv]),
         budget=Budget(max_steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length),
         work_dir=args.work_dir,
+        learning_rates={k: float(v) for k, v in (item.split("=", 1) for item in args.lr)},
     )
     print(f"wrote {report}")
     return 0

@@ -134,7 +134,10 @@ def build_cells(
     grids: Sequence[str],
     methods: Sequence[str] | None,
     budget: Budget,
+    learning_rates: dict[str, float] | None = None,
 ) -> list[Cell]:
+    """The grid's cells. `learning_rates` overrides the default rate of some main-grid methods; such
+    cells are labelled `<method> lr=<value>` so that they form their own rows in the report."""
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
         raise AccuracyError(f"--grid {unknown[0]!r} is unknown; choose from {', '.join(GRIDS)}")
@@ -149,9 +152,9 @@ def build_cells(
         for seed in seeds:
             if "main" in grids:
                 for m in chosen:
-                    cells.append(
-                        Cell("main", task, m, seed, tuple(MAIN_METHODS[m]), LEARNING_RATES[m], budget)
-                    )
+                    lr = (learning_rates or {}).get(m, LEARNING_RATES[m])
+                    label = m if lr == LEARNING_RATES[m] else f"{m} lr={lr:g}"
+                    cells.append(Cell("main", task, label, seed, tuple(MAIN_METHODS[m]), lr, budget))
             if "ablations" in grids:
                 for label, extra in ABLATIONS.items():
                     overrides = tuple([*MAIN_METHODS["moc"], *extra])
@@ -264,6 +267,7 @@ def run_accuracy_benchmark(
     work_dir: Path | None = None,
     cell_runner: Callable[[Cell, Path], dict[str, Any]] = run_cell,
     log: Callable[[str], None] = print,
+    learning_rates: dict[str, float] | None = None,
 ) -> Path:
     """Run every unfinished cell, append it to `accuracy.jsonl`, regenerate `accuracy.md`/`.csv`."""
     import torch
@@ -272,7 +276,7 @@ def run_accuracy_benchmark(
 
     torch.set_num_threads(threads)
     budget = budget or Budget(max_steps=max_steps)
-    cells = build_cells(tasks, seeds, grids, methods, budget)
+    cells = build_cells(tasks, seeds, grids, methods, budget, learning_rates)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     store = output_dir / RESULTS_JSONL

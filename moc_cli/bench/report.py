@@ -283,8 +283,9 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
             if loads
             else "- machine load: not recorded"
         ),
-        "- learning rates (fixed per method family, not tuned per task; no sweep was run in this budget): "
-        + ", ".join(f"{m} {lr:g}" for m, lr in LEARNING_RATES.items()),
+        "- learning rates: one default per method family, not tuned per task ("
+        + ", ".join(f"{m} {lr:g}" for m, lr in LEARNING_RATES.items())
+        + "); rows labelled `<method> lr=<value>` are extra cells at another rate (a partial sweep)",
         "- methods: " + "; ".join(f"{m}: `{' '.join(o)}`" for m, o in MAIN_METHODS.items()),
         "",
         "## Main grid",
