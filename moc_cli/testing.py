@@ -15,8 +15,10 @@ model_dir = save_tiny_model("bert", tmp_path / "tiny-bert", max_position_embeddi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -114,3 +116,49 @@ def save_tiny_model(
     torch.manual_seed(seed)
     builders[kind]().save_pretrained(path)
     return path
+
+
+# A small valid recipe (no files are read until a run starts) for config and CLI tests.
+TINY_RECIPE: dict[str, Any] = {
+    "description": "Tiny test recipe for SST-2.",
+    "model": {"name_or_path": "FacebookAI/roberta-base"},
+    "task": {"name": "glue/sst2", "max_length": 64},
+    "method": {"name": "moc", "r": 8},
+    "training": {"learning_rate": 1.0e-3, "max_steps": 10},
+}
+
+
+def write_yaml(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write `data` as YAML (keys in the given order) to `path`, creating parent folders."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(data), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_recipe_tree(root: Path, recipes: Mapping[str, Mapping[str, Any]]) -> Path:
+    """Write `{"glue/sst2": {...}}` as `root/glue/sst2.yaml` etc., the packaged recipes' layout."""
+    for name, recipe in recipes.items():
+        write_yaml(root / f"{name}.yaml", recipe)
+    return root
+
+
+@contextlib.contextmanager
+def packaged_recipes_at(root: Path) -> Iterator[Path]:
+    """Within the block, packaged-recipe lookup (`moc ls`, `--recipe NAME`) reads `root` instead.
+
+    Other packaged resources (schema, templates) still come from the installed package.
+    """
+    from moc_cli.config import resources
+
+    real = resources.resource_dir
+
+    def resource_dir(kind: str) -> Path:
+        return root if kind == "recipes" else real(kind)
+
+    resources.resource_dir = resource_dir
+    try:
+        yield root
+    finally:
+        resources.resource_dir = real

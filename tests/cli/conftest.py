@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import TINY_RECIPE, write_yaml
 
-import moc_cli.config.resources as resources
-
-REAL_RESOURCE_DIR = resources.resource_dir
+from moc_cli.testing import TINY_RECIPE, packaged_recipes_at, write_recipe_tree
 
 
 @pytest.fixture
-def recipes_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def recipes_root(tmp_path: Path) -> Iterator[Path]:
     """Point packaged-recipe lookup at a temporary tree: glue/sst2, glue/cola, demo/sentiment."""
-    root = tmp_path / "recipes"
-    write_yaml(root / "glue" / "sst2.yaml", TINY_RECIPE)
-    write_yaml(
-        root / "glue" / "cola.yaml", {**TINY_RECIPE, "description": "CoLA.", "task": {"name": "glue/cola"}}
-    )
-    write_yaml(root / "demo" / "sentiment.yaml", {**TINY_RECIPE, "description": "Demo sentiment."})
-
-    def fake_resource_dir(kind: str) -> Path:
-        return root if kind == "recipes" else REAL_RESOURCE_DIR(kind)
-
-    monkeypatch.setattr(resources, "resource_dir", fake_resource_dir)
-    return root
+    recipes = {
+        "glue/sst2": TINY_RECIPE,
+        "glue/cola": {**TINY_RECIPE, "description": "CoLA.", "task": {"name": "glue/cola"}},
+        "demo/sentiment": {**TINY_RECIPE, "description": "Demo sentiment."},
+    }
+    with packaged_recipes_at(write_recipe_tree(tmp_path / "recipes", recipes)) as root:
+        yield root
 
 
 class RecordingRunner:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import TINY_RECIPE, invoke, write_yaml
+from cli_helpers import invoke
 
 from moc_cli.cli.app import OPTIONAL_COMMANDS, app
 from moc_cli.config import RunConfig
+from moc_cli.testing import TINY_RECIPE, write_yaml
 from moc_cli.training.errors import RunInterrupted, RunSetupError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from config_helpers import TINY_RECIPE, write_yaml
 
 from moc_cli.config import ConfigError, RunConfig, find_recipe, list_recipes, load_run_config, render_config
 from moc_cli.config.resources import defaults_file
+from moc_cli.testing import TINY_RECIPE, write_yaml
 
 
 def _messages(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from config_helpers import TINY_RECIPE, write_yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moc_cli.config import load_run_config
+from moc_cli.testing import TINY_RECIPE, write_yaml
 
 KEYS = {
     "training.max_steps": st.integers(min_value=1, max_value=10_000),

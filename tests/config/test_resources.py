@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from config_helpers import TINY_RECIPE, write_yaml
 
 import moc_cli.config.resources as resources
 from moc_cli.config import ConfigError, find_recipe, list_recipes, load_run_config, recipe_description
+from moc_cli.testing import TINY_RECIPE, write_yaml
 
 
 def _fake_install(root: Path, wheel: bool) -> Path:
