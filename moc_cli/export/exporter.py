@@ -101,13 +101,7 @@ def export(
         from moc_cli.export.onnx_export import require_onnx
 
         require_onnx()
-    pickles = source.pickle_files()
-    if pickles and not allow_pickle:
-        raise ExportError(
-            "refusing to read pickle weight files (they can run arbitrary code when loaded): "
-            + ", ".join(str(p) for p in pickles)
-            + "; convert them to safetensors, or pass --allow-pickle if you trust them"
-        )
+    source.refuse_pickles(allow_pickle)
     target = Path(output).expanduser().resolve() if output else default_output(source, fmt)
     existing = _check_existing(target, fmt, force, source.adapter_dir)
     if existing is not None:

@@ -86,13 +86,7 @@ def load_predictor(model_dir: str | Path, allow_pickle: bool = False) -> Predict
     from moc_cli.export.source import resolve_source
 
     source = resolve_source(path)
-    pickles = source.pickle_files()
-    if pickles and not allow_pickle:
-        raise ExportError(
-            "refusing to read pickle weight files (they can run arbitrary code when loaded): "
-            + ", ".join(str(p) for p in pickles)
-            + "; convert them to safetensors, or pass --allow-pickle if you trust them"
-        )
+    source.refuse_pickles(allow_pickle)
     peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle)
     max_length = (source.run_config.get("task") or {}).get("max_length")
     return Predictor(peft_model, tokenizer, info.kind, max_length)

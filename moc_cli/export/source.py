@@ -91,6 +91,16 @@ class ExportSource:
             found += _pickles(base)
         return found
 
+    def refuse_pickles(self, allow_pickle: bool) -> None:
+        """Raise ExportError listing `pickle_files()` unless the user passed --allow-pickle."""
+        pickles = self.pickle_files()
+        if pickles and not allow_pickle:
+            raise ExportError(
+                "refusing to read pickle weight files (they can run arbitrary code when loaded): "
+                + ", ".join(str(p) for p in pickles)
+                + "; convert them to safetensors, or pass --allow-pickle if you trust them"
+            )
+
 
 def _pickles(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
