@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # HF offline flags: tests/conftest.py
 
 import pytest  # noqa: E402
 
@@ -19,17 +17,12 @@ CHATML = (
 )
 
 
-def shared_dir() -> Path:
-    override = os.environ.get("MOC_SHARED_DIR")
-    return Path(override) if override else Path(__file__).resolve().parents[2].parent / "shared"
-
-
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    path = shared_dir() / "data"
-    if not (path / "README.md").is_file():
-        pytest.skip(f"shared data not found at {path} (set MOC_SHARED_DIR to the shared folder)")
-    return path
+def data_dir(shared_data: Path) -> Path:
+    """The shared real data folder (located by tests/conftest.py), with its README.md."""
+    if not (shared_data / "README.md").is_file():
+        pytest.skip(f"shared data not found at {shared_data} (set MOC_SHARED_DIR to the shared folder)")
+    return shared_data
 
 
 @pytest.fixture(scope="session")
