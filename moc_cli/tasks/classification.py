@@ -86,6 +86,10 @@ class ClassificationTask(Task):
     def load(self, source: DataSource) -> datasets.DatasetDict:
         self.apply_options(source.options)
         dd, self.data_origin = io.load_raw(self.name, source, self.splits, self.hub_path, self.hub_name)
+        return self.validated_and_limited(dd, source)
+
+    def validated_and_limited(self, dd: datasets.DatasetDict, source: DataSource) -> datasets.DatasetDict:
+        """Validate every split (origins from `self.data_origin`), then apply the sample limits."""
         for split in list(dd):
             dd[split] = self.validate_split(dd[split], split, self.data_origin[split])
         return io.limit_samples(dd, source, self.train_split, self.eval_splits, self.test_split)

@@ -34,9 +34,7 @@ class DemoSentiment(ClassificationTask):
         self.apply_options(source.options)
         dd = rotten_tomatoes_splits(seed=source.seed)
         self.data_origin = {s: f"rotten_tomatoes_splits(seed={source.seed})[{s}]" for s in dd}
-        for split in list(dd):
-            dd[split] = self.validate_split(dd[split], split, self.data_origin[split])
-        return io.limit_samples(dd, source, self.train_split, self.eval_splits, self.test_split)
+        return self.validated_and_limited(dd, source)
 
     def metrics(self, preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return {"accuracy": accuracy(preds, labels)}
