@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from moc_cli.training.data import RunData
 
 ROUTED_METHODS = ("moc", "control")
+# What `trainer.save_model` writes for an adapter, a full model, or a sharded full model.
+_FINAL_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
 def _warn(message: str) -> None:
@@ -120,6 +122,12 @@ def _save_final_adapter(trainer: Trainer, run: RunDir, card: str | None) -> None
         _wait_for_everyone()  # every rank's part of the save is on disk
         if not main:
             return
+        if not any((tmp / name).is_file() for name in _FINAL_WEIGHTS):
+            # e.g. FSDP with fsdp_state_dict_type SHARDED_STATE_DICT, where save_model writes no weights.
+            raise RuntimeError(
+                f"the final save wrote no weights ({' or '.join(_FINAL_WEIGHTS)}) into {tmp}; with FSDP set "
+                "fsdp_state_dict_type: FULL_STATE_DICT, or export an adapter from checkpoints/checkpoint-N"
+            )
         # A pickle of TrainingArguments; config.yaml already records them, and loading needs no pickle.
         (tmp / "training_args.bin").unlink(missing_ok=True)
         (tmp / "README.md").write_text(card or "", encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -174,4 +175,16 @@ def test_moc_train_exits_1_naming_the_step(tiny_bert, sst2_small, tmp_path) -> N
     )
     assert result.exit_code == 1, result.output
     assert "error: training failed: NonFiniteLossError: Non-finite " in result.output
-    assert " at step " in result.output
+    # The loss, the grad norm or (before a save) a weight: whichever the guard saw first.
+    step = int(re.search(r"NonFiniteLossError: Non-finite .*? at step (\d+): ", result.output).group(1))
+    ckpts = tmp_path / "run" / "checkpoints"
+    if step > 1:
+        # The runner names the checkpoint to restart from: the one saved at the step before.
+        assert (
+            f"Training diverged at step {step}; the last good checkpoint is {ckpts / f'checkpoint-{step - 1}'}."
+            in result.output
+        )
+        _assert_finite_checkpoint(ckpts, f"checkpoint-{step - 1}")
+    else:
+        assert "Training diverged at step 1; no checkpoint was saved before it." in result.output
+    assert not (ckpts / f"checkpoint-{step}").exists()
