@@ -97,3 +97,37 @@ def test_unknown_training_key_is_rejected(tmp_path: Path) -> None:
             has_compute_metrics=True,
             show_bar=False,
         )
+
+
+@pytest.mark.parametrize(
+    ("task", "kind", "average"),
+    [
+        ("glue/cola", "seq_cls", False),
+        ("glue/stsb", "regression", False),
+        ("superglue/copa", "multiple_choice", False),
+        ("demo/instruct", "causal_lm", True),
+    ],
+)
+def test_loss_scaling_across_processes_only_for_causal_lm(
+    tmp_path: Path, task: str, kind: str, average: bool
+) -> None:
+    # Trainer multiplies the loss by the process count when averaging token counts across processes:
+    # right for token-summed causal LM losses, a doubled loss for batch-mean classification losses.
+    assert get_task(task).kind == kind
+    args = build(tmp_path, task=task)
+    assert args.average_tokens_across_devices is average
+
+
+def test_nan_losses_stay_visible_to_the_guard(tmp_path: Path) -> None:
+    assert build(tmp_path).logging_nan_inf_filter is False
+
+
+def test_world_size_from_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moc_cli.training.arguments import world_size
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert world_size() == 2
+    monkeypatch.setenv("WORLD_SIZE", "")
+    assert world_size() == 1
