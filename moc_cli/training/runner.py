@@ -81,16 +81,18 @@ def evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> d
 
 
 def generation_metrics(
-    model: Any, tokenizer: Any, task: Task, data: RunData, split: str, out_dir: Path
+    model: Any, tokenizer: Any, task: Task, data: RunData, split: str, out_dir: Path | None
 ) -> dict:
-    """Causal LM tasks: generated samples (and any generative score) under eval/."""
+    """Causal LM tasks: generative scores, with the generated samples under `out_dir` (if given)."""
     raw = data.raw.get(split)
     if raw is None:
         return {}
     was_training = model.training
     model.eval()
     try:
-        scores = task.evaluate_generation(model, tokenizer, raw, output_dir=str(out_dir / split))
+        scores = task.evaluate_generation(
+            model, tokenizer, raw, output_dir=str(out_dir / split) if out_dir is not None else None
+        )
     finally:
         model.train(was_training)
     return {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in (scores or {}).items()}
@@ -398,9 +400,12 @@ def _finish(
         metrics = evaluate_split(trainer, task, data, split)
         if routing is not None and split == data.eval_splits[0]:
             routing_record = routing.last_eval_stats
-        if task.kind == "causal_lm" and main_process:
+        if task.kind == "causal_lm":
+            # On every rank, so that no rank waits at the next barrier for the whole generation
+            # (it could outlast the process group timeout); only the main process writes samples.
+            out_dir = run.eval if main_process else None
             metrics.update(
-                generation_metrics(trainer.model, trainer.processing_class, task, data, split, run.eval)
+                generation_metrics(trainer.model, trainer.processing_class, task, data, split, out_dir)
             )
         split_metrics[split] = metrics
 
