@@ -138,6 +138,14 @@ def load_peft_model(
     if source.is_full:
         model.eval()
         return model, tokenizer, info
+    from moc_cli.reliability.compat import AdapterMismatchError, check_adapter_compatible
+
+    # Fail before peft touches the base: a mismatched adapter would load silently-wrong weights.
+    if (source.adapter_dir / "adapter_model.safetensors").is_file():  # pickled adapters: peft checks on load
+        try:
+            check_adapter_compatible(source.adapter_dir, model)
+        except AdapterMismatchError as err:
+            raise ExportError(str(err)) from None
     peft_model = PeftModel.from_pretrained(model, str(source.adapter_dir), is_trainable=False)
     peft_model.eval()
     return peft_model, tokenizer, info

@@ -233,3 +233,25 @@ def test_checkpoint_adapter_exports_beside_the_final_one(tmp_path: Path, tiny_be
         f"holds an export of {(run.root / 'adapter').resolve()}, not of {checkpoint.resolve()}"
         in clash.stderr
     )
+
+
+def test_adapter_on_a_base_of_another_size_is_refused_before_loading(
+    tmp_path: Path, tiny_bert_dir: Path, cli
+) -> None:
+    """The run's base swapped for a wider BERT: exit 2 naming both models, nothing exported."""
+    import yaml
+
+    from moc_cli.testing import save_tiny_model
+
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc")
+    wider = save_tiny_model("bert", tmp_path / "wider-bert", hidden_size=64, max_position_embeddings=128)
+    config_file = run.root / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["model"]["name_or_path"] = str(wider)
+    config_file.write_text(yaml.safe_dump(config))
+    result = cli("merge-export", run.root)
+    assert result.exit_code == 2, result.stderr
+    assert "hidden_size 32 != 64" in result.stderr
+    assert str(wider) in result.stderr
+    export_dir = run.root / "export"
+    assert not export_dir.exists() or list(export_dir.iterdir()) == []  # no bundle, no leftovers
