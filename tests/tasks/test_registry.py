@@ -32,7 +32,9 @@ EXPECTED = [
 
 
 def test_list_tasks_is_complete_and_sorted():
-    assert list_tasks() == EXPECTED
+    # Other test modules register throw-away tasks in the same process; only shipped ones count here.
+    shipped = [name for name in list_tasks() if get_task_class(name).__module__.startswith("moc_cli.tasks.")]
+    assert shipped == EXPECTED
     assert TASK_MODULES == ("glue", "superglue", "instruct", "commonsense", "demo")
 
 
