@@ -230,6 +230,18 @@ class ProgressLinesCallback(TrainerCallback):
             self._write(f"eval step {state.global_step}: {text}")
 
 
+def any_rank_requested(flag: bool, device: Any) -> bool:
+    """True on every rank when `flag` is true on at least one (a one-element all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 class InterruptCallback(TrainerCallback):
     """Turns Ctrl-C into "save a checkpoint at the end of this step, then stop".
 
@@ -266,6 +278,11 @@ class InterruptCallback(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
+        # Under a multi-process launch only some ranks may get the signal (a scheduler or `kill`
+        # aimed at one process). Every rank must stop at the same step, since saving a checkpoint is
+        # a collective: one that stopped alone would leave the others waiting for it forever.
+        if args.world_size > 1:
+            self.requested = any_rank_requested(self.requested, args.device)
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

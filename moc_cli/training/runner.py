@@ -105,6 +105,13 @@ def _wait_for_everyone() -> None:
     PartialState().wait_for_everyone()
 
 
+def _fsdp_sharded_state_dict(trainer: Trainer) -> bool:
+    """FSDP set to save sharded state dicts, for which `Trainer.save_model` writes no weights at all."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return False
+    return "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type)
+
+
 def _save_final_adapter(trainer: Trainer, run: RunDir, card: str | None) -> None:
     """Write adapter + model card to a temp dir beside `adapter/`, then swap it in atomically.
 
@@ -120,15 +127,21 @@ def _save_final_adapter(trainer: Trainer, run: RunDir, card: str | None) -> None
         shutil.rmtree(tmp, ignore_errors=True)  # left by a save that was killed
     _wait_for_everyone()
     try:
-        trainer.save_model(str(tmp))
+        if _fsdp_sharded_state_dict(trainer):
+            from moc_cli.training.sharded_save import save_adapter_from_sharded
+
+            peft_model = trainer.accelerator.unwrap_model(trainer.model)
+            save_adapter_from_sharded(trainer.model_wrapped, peft_model, tmp, main, trainer.processing_class)
+        else:
+            trainer.save_model(str(tmp))
         _wait_for_everyone()  # every rank's part of the save is on disk
         if not main:
             return
         if not any((tmp / name).is_file() for name in _FINAL_WEIGHTS):
-            # e.g. FSDP with fsdp_state_dict_type SHARDED_STATE_DICT, where save_model writes no weights.
+            # A distributed engine whose save_model wrote nothing (e.g. DeepSpeed without gathering).
             raise RuntimeError(
-                f"the final save wrote no weights ({' or '.join(_FINAL_WEIGHTS)}) into {tmp}; with FSDP set "
-                "fsdp_state_dict_type: FULL_STATE_DICT, or export an adapter from checkpoints/checkpoint-N"
+                f"the final save wrote no weights ({' or '.join(_FINAL_WEIGHTS)}) into {tmp}; with DeepSpeed "
+                "ZeRO-3 set stage3_gather_16bit_weights_on_model_save: true"
             )
         # A pickle of TrainingArguments; config.yaml already records them, and loading needs no pickle.
         (tmp / "training_args.bin").unlink(missing_ok=True)
