@@ -98,15 +98,47 @@ class Cell:
 
     @property
     def key(self) -> str:
-        b = self.budget
-        return (
-            f"{self.grid}|{self.task}|{self.label}|seed={self.seed}|lr={self.learning_rate:g}|"
-            f"steps={b.max_steps}|bs={b.batch_size}|len={b.max_length}"
-        )
+        return cell_key(self.grid, self.task, self.label, self.seed, self.learning_rate, asdict(self.budget))
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.key)
+
+
+def base_name(label: str) -> str:
+    """The method (main grid) or ablation a cell runs, without any ` lr=<value>` suffix."""
+    return label.split(" lr=")[0]
+
+
+def display_label(grid: str, label: str, learning_rate: float) -> str:
+    """`<name>` at the current default rate of its method, `<name> lr=<value>` otherwise.
+
+    Computed when reporting, so cells keep their row when a default rate changes after the sweep.
+    """
+    name = base_name(label)
+    default = LEARNING_RATES.get(name if grid == "main" else "moc")
+    return name if learning_rate == default else f"{name} lr={learning_rate:g}"
+
+
+def cell_key(
+    grid: str, task: str, label: str, seed: int, learning_rate: float, budget: dict[str, Any]
+) -> str:
+    """Identity of a cell: what ran (method or ablation, rate, seed, budget), not how it is labelled."""
+    return (
+        f"{grid}|{task}|{base_name(label)}|seed={seed}|lr={learning_rate:g}|"
+        f"steps={budget['max_steps']}|bs={budget['batch_size']}|len={budget['max_length']}"
+    )
+
+
+def record_key(record: dict[str, Any]) -> str:
+    return cell_key(
+        record["grid"],
+        record["task"],
+        record["label"],
+        record["seed"],
+        record["learning_rate"],
+        record["budget"],
+    )
 
 
 def shared_dir() -> Path:
@@ -230,7 +262,7 @@ def load_finished(store: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        done[record["key"]] = record
+        done[record_key(record)] = record
     return done
 
 

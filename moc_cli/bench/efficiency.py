@@ -353,6 +353,8 @@ def run_efficiency(
     results = measure_in_process(
         bench_model, chosen, batch_size, seq_len, steps, warmup, rounds, device=device, log=log
     )
+    # The load that matters for step times is the one while they were measured, before the RSS runs.
+    meta["load_average_after_timing"] = list(os.getloadavg())
     if device == "cpu" and measure_rss:
         for method in chosen:
             peak = measure_rss_subprocess(model, method, batch_size, seq_len, rss_steps, threads)

@@ -21,9 +21,11 @@ def _mib(value: float | None) -> str:
 
 
 def _loaded(run: dict[str, Any]) -> bool:
-    """Whether the 1-minute load average exceeded the CPU count at the start or end of the run."""
+    """Whether the 1-minute load average exceeded the CPU count while step times were measured
+    (at the start and after the timed rounds; runs recorded before that split: at the end)."""
     m = run["machine"]
-    loads = [m["load_average_start"][0], *m.get("load_average_end", [])[:1]]
+    after = m.get("load_average_after_timing") or m.get("load_average_end", [])
+    loads = [m["load_average_start"][0], *after[:1]]
     return max(loads) > (m.get("logical_cpus") or 1)
 
 
@@ -106,7 +108,13 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
                 else "- timing: not measured in this run (saved bytes and peak memory only)"
             )
             + "; load average (1/5/15 min) at start "
-            f"{'/'.join(f'{x:.2f}' for x in m['load_average_start'])}, at end "
+            f"{'/'.join(f'{x:.2f}' for x in m['load_average_start'])}, "
+            + (
+                f"after timing {'/'.join(f'{x:.2f}' for x in m['load_average_after_timing'])}, "
+                if m.get("load_average_after_timing")
+                else ""
+            )
+            + "at end "
             f"{'/'.join(f'{x:.2f}' for x in m.get('load_average_end', []))}"
             + (
                 " — the machine was shared with other jobs (load above its CPU count), so step times and"
@@ -242,13 +250,33 @@ def _cell_text(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
-def accuracy_table(records: list[dict[str, Any]], grid: str) -> list[str]:
-    """Markdown rows: one per method label, one column per task, plus the average over tasks."""
-    rows = [r for r in records if r["grid"] == grid]
+def accuracy_table(records: list[dict[str, Any]], grid: str, default_rates_only: bool = False) -> list[str]:
+    """Markdown rows: one per method label, one column per task, plus the average over tasks.
+
+    Rows follow the order of the method/ablation lists, each method's default rate first;
+    `default_rates_only` drops the rows of other rates (the sweep).
+    """
+    from moc_cli.bench.accuracy import ABLATIONS, MAIN_METHODS, base_name, display_label
+
+    rows = [
+        {**r, "label": display_label(r["grid"], r["label"], r["learning_rate"])}
+        for r in records
+        if r["grid"] == grid
+    ]
+    if default_rates_only:
+        rows = [r for r in rows if r["label"] == base_name(r["label"])]
     if not rows:
         return []
     tasks = sorted({r["task"] for r in rows})
-    labels = list(dict.fromkeys(r["label"] for r in rows))
+    order = list(MAIN_METHODS if grid == "main" else ABLATIONS)
+    labels = sorted(
+        dict.fromkeys(r["label"] for r in rows),
+        key=lambda label: (
+            order.index(base_name(label)) if base_name(label) in order else len(order),
+            label != base_name(label),
+            label,
+        ),
+    )
     metric_of = {t: next(r["metric"] for r in rows if r["task"] == t) for t in tasks}
     out = [
         "| method | " + " | ".join(f"{t} ({metric_of[t]}, ×100)" for t in tasks) + " | average |",

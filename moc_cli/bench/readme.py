@@ -1,0 +1,133 @@
+"""The README's benchmark tables, generated from the stored results (never typed by hand).
+
+The README marks each generated block with `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`;
+`update_readme` rewrites what lies between the markers, and a test checks that the committed
+README equals what the committed results produce.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from moc_cli.bench.report import MIB, _fmt, _loaded, accuracy_table
+
+# Rows of the headline efficiency table: (method in efficiency.json, label in the README).
+HEADLINE_METHODS = (
+    ("control", "Control, FFN"),
+    ("moc-ffn", "**MoC ffn**"),
+    ("control-both", "Control, attn + FFN"),
+    ("moc-both-shared", "**MoC both-shared**"),
+    ("lora-qv", "LoRA r=8 query/value"),
+    ("dora", "DoRA r=8 query/value"),
+    ("lora-all", "LoRA r=8 all linear"),
+    ("ia3", "IA3"),
+    ("full", "full fine-tuning"),
+    ("molex", "MoLEx (top-1, α 0.95)"),
+)
+
+
+class ReadmeError(ValueError):
+    """The README lacks a generated block's markers, or the results lack what a table needs."""
+
+
+def _headline_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The timed MiniLM run at 128 tokens (else the newest MiniLM run at 128 tokens)."""
+    candidates = [r for r in runs if r["model"] == "minilm" and r["seq_len"] == 128]
+    if not candidates:
+        raise ReadmeError(
+            "efficiency.json has no MiniLM run at 128 tokens; run benchmarks/efficiency.py first"
+        )
+    return max(candidates, key=lambda r: (r["steps"] > 0, r["date_utc"]))
+
+
+def _ratio(value: float | None, reference: float | None, spec: str = ".3f") -> str:
+    return "–" if not value or not reference else format(value / reference, spec)
+
+
+def efficiency_block(runs: list[dict[str, Any]]) -> str:
+    from moc_cli.bench.efficiency import with_ratios
+
+    run = _headline_run(runs)
+    rows = {r["method"]: r for r in with_ratios(run)}
+    timed = run["steps"] > 0
+    lines = [
+        f"Packaged MiniLM-L6, batch {run['batch_size']} × {run['seq_len']} tokens, "
+        f"`{run['command']}` ({run['date_utc']}, {run['machine']['logical_cpus']} CPU cores). "
+        "Ratios are to per-block Control on the same sites; `efficiency.md` has every method and length.",
+        "",
+        "| method | trainable params | saved for backward | × Control | peak RSS increase | × Control "
+        "| median step | × Control |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method, label in HEADLINE_METHODS:
+        r = rows.get(method)
+        if r is None:
+            continue
+        # MoC is compared with the Control on its own sites; the rest with Control on the FFN site.
+        ref = rows[r.get("same_site_control") or (method if method.startswith("control") else "control")]
+        lines.append(
+            f"| {label} | {r['trainable_params']:,} | {r['saved_bytes'] / MIB:.1f} MiB "
+            f"| {_ratio(r['saved_bytes'], ref['saved_bytes'])} "
+            f"| {_fmt(r['peak_bytes'] / MIB if r['peak_bytes'] else None, '.0f')} MiB "
+            f"| {_ratio(r['peak_bytes'], ref['peak_bytes'])} "
+            f"| {_fmt(r['median_step_s'], '.2f')} s | {_ratio(r['median_step_s'], ref['median_step_s'], '.2f')} |"
+        )
+    if timed and _loaded(run):
+        lines += [
+            "",
+            "The load average exceeded the core count while timing: step times are indicative only.",
+        ]
+    return "\n".join(lines)
+
+
+def accuracy_block(records: list[dict[str, Any]]) -> str:
+    if not records:
+        raise ReadmeError("accuracy.jsonl has no cells; run benchmarks/accuracy.py first")
+    budget = records[0]["budget"]
+    lines = [
+        f"Packaged MiniLM-L6, {budget['max_steps']} steps, batch {budget['batch_size']}, max length "
+        f"{budget['max_length']}, validation split; mean ± std over seeds (n = number of seeds), ×100. "
+        "`accuracy.md` lists every cell, the learning-rate sweep and the commands.",
+        "",
+        *accuracy_table(records, "main", default_rates_only=True),
+    ]
+    ablations = accuracy_table(records, "ablations")
+    if ablations:
+        lines += [
+            "",
+            "Ablations (MoC both-shared, top-1, α 0.95, balance loss 0.01; one knob changed per row):",
+            "",
+        ]
+        lines += ablations
+    return "\n".join(lines)
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n)(?:.*?\n)?(<!-- /generated:{name} -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise ReadmeError(
+            f"README.md has no `<!-- generated:{name} -->` ... `<!-- /generated:{name} -->` block; add the two "
+            "marker lines where the table belongs"
+        )
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text, count=1)
+
+
+def render_readme(text: str, results_dir: Path) -> str:
+    """`text` with every generated block recomputed from the results in `results_dir`."""
+    from moc_cli.bench.accuracy import RESULTS_JSONL, load_finished
+    from moc_cli.bench.efficiency import RESULTS_JSON, load_runs
+
+    text = replace_block(text, "efficiency", efficiency_block(load_runs(results_dir / RESULTS_JSON)))
+    records = list(load_finished(results_dir / RESULTS_JSONL).values())
+    return replace_block(text, "accuracy", accuracy_block(records))
+
+
+def update_readme(readme: Path, results_dir: Path) -> bool:
+    """Rewrite the generated blocks of `readme`; returns whether anything changed."""
+    before = readme.read_text(encoding="utf-8")
+    after = render_readme(before, results_dir)
+    if after != before:
+        readme.write_text(after, encoding="utf-8")
+    return after != before

@@ -1,0 +1,99 @@
+"""The README's benchmark tables are generated from the committed results, and rows survive rate changes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from moc_cli.bench.accuracy import (
+    LEARNING_RATES,
+    Budget,
+    build_cells,
+    display_label,
+    load_finished,
+    record_key,
+)
+from moc_cli.bench.efficiency import load_runs
+from moc_cli.bench.readme import ReadmeError, efficiency_block, render_readme, replace_block
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_committed_readme_tables_equal_what_the_results_produce() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert render_readme(readme, RESULTS) == readme, (
+        "README.md benchmark tables differ from benchmarks/results/: run python benchmarks/readme_tables.py"
+    )
+
+
+def test_check_mode_exits_1_naming_the_fix_when_a_figure_is_hand_edited(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("<!-- generated:efficiency -->")
+    edited = readme[:start] + readme[start:].replace(
+        "| Control, FFN | 74,498 |", "| Control, FFN | 74,499 |", 1
+    )
+    assert edited != readme
+    (tmp_path / "README.md").write_text(edited, encoding="utf-8")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "readme_tables.py"),
+            "--readme",
+            str(tmp_path / "README.md"),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "benchmark tables are out of date; run python benchmarks/readme_tables.py" in done.stdout
+
+
+def test_missing_markers_name_the_block() -> None:
+    with pytest.raises(ReadmeError, match=r"README.md has no `<!-- generated:accuracy -->` \.\.\. "):
+        replace_block("# no markers\n", "accuracy", "table")
+    assert replace_block("a\n<!-- generated:x -->\n<!-- /generated:x -->\n", "x", "T") == (
+        "a\n<!-- generated:x -->\nT\n<!-- /generated:x -->\n"
+    )
+
+
+def test_moc_rows_are_compared_with_control_on_the_same_sites() -> None:
+    runs = load_runs(RESULTS / "efficiency.json")
+    block = efficiency_block(runs)
+    run = max(
+        (r for r in runs if r["model"] == "minilm" and r["seq_len"] == 128), key=lambda r: r["steps"] > 0
+    )
+    saved = {m["method"]: m["saved_bytes"] for m in run["methods"]}
+    row = next(line for line in block.splitlines() if line.startswith("| **MoC both-shared** |"))
+    assert row.split(" | ")[3] == f"{saved['moc-both-shared'] / saved['control-both']:.3f}"
+
+
+def test_a_swept_cell_joins_the_default_row_when_its_rate_becomes_the_default() -> None:
+    rate = LEARNING_RATES["lora"]
+    budget = Budget(max_steps=100, batch_size=16, max_length=64)
+    # Recorded during the sweep, when this rate was not yet the default: labelled with the rate.
+    swept = {
+        "grid": "main",
+        "task": "glue/sst2",
+        "label": f"lora lr={rate:g}",
+        "seed": 0,
+        "learning_rate": rate,
+        "budget": asdict(budget),
+    }
+    (cell,) = build_cells(["glue/sst2"], [0], ["main"], ["lora"], budget)
+    assert cell.label == "lora" and record_key(swept) == cell.key  # resuming skips it
+    assert display_label("main", swept["label"], rate) == "lora"
+    assert display_label("main", "lora", rate * 2) == f"lora lr={rate * 2:g}"
+
+
+def test_stored_results_load_with_one_record_per_cell() -> None:
+    lines = (RESULTS / "accuracy.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert len(load_finished(RESULTS / "accuracy.jsonl")) == len({record_key(r) for r in records})
