@@ -78,19 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+
 def _refresh_readme(results_dir: Path) -> None:
-    """Regenerate the README's tables when the default results folder changed (a test checks them)."""
-    root = Path(__file__).resolve().parents[1]
-    if results_dir.resolve() != (root / "benchmarks" / "results").resolve():
-        return
-    from moc_cli.bench.readme import ReadmeError, update_readme
+    from moc_cli.bench.readme import refresh_repository_readme
 
-    try:
-        if update_readme(root / "README.md", results_dir):
-            print(f"updated the benchmark tables in {root / 'README.md'}")
-    except ReadmeError as err:
-        print(f"README.md not updated: {err}")
-
+    refresh_repository_readme(Path(__file__).resolve().parents[1], results_dir)
 
 if __name__ == "__main__":
     raise SystemExit(main())

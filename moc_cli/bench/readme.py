@@ -131,3 +131,14 @@ def update_readme(readme: Path, results_dir: Path) -> bool:
     if after != before:
         readme.write_text(after, encoding="utf-8")
     return after != before
+
+
+def refresh_repository_readme(root: Path, results_dir: Path) -> None:
+    """After a benchmark run: regenerate `root/README.md`'s tables if `results_dir` is the repository's own."""
+    if Path(results_dir).resolve() != (root / "benchmarks" / "results").resolve():
+        return
+    try:
+        if update_readme(root / "README.md", results_dir):
+            print(f"updated the benchmark tables in {root / 'README.md'}")
+    except ReadmeError as err:
+        print(f"README.md not updated: {err}")
