@@ -318,14 +318,15 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
         f"- budget (identical for every method): {'; '.join(budgets)}",
         f"- total training wall time of the stored cells: {total_wall / 60:.1f} min; torch threads {threads}",
         (
-            f"- machine load (1-min load average at cell start): min {min(loads):.1f}, max {max(loads):.1f} on "
-            f"{os.cpu_count()} logical CPUs — the machine was shared with other jobs; wall times are noisy"
+            f"- machine load (1-min load average when each cell finished): min {min(loads):.1f}, max {max(loads):.1f} on "
+            f"{os.cpu_count()} logical CPUs — several jobs shared the machine (up to two cells ran at a time), so wall times are noisy"
             if loads
             else "- machine load: not recorded"
         ),
-        "- learning rates: one default per method family, not tuned per task ("
+        "- learning rates: one per method, the best of a small sweep on glue/sst2 seed 0 and then used for "
+        "every task and seed ("
         + ", ".join(f"{m} {lr:g}" for m, lr in LEARNING_RATES.items())
-        + "); rows labelled `<method> lr=<value>` are extra cells at another rate (a partial sweep)",
+        + "); the sweep's other rates are the rows labelled `<method> lr=<value>`",
         "- methods: " + "; ".join(f"{m}: `{' '.join(o)}`" for m, o in MAIN_METHODS.items()),
         "",
         "## Main grid",
