@@ -27,7 +27,7 @@ def test_cells_cover_methods_ablations_and_seeds() -> None:
     assert sorted({c.label for c in main}) == sorted(MAIN_METHODS)
     assert len(main) == 2 * len(MAIN_METHODS) and len(ablations) == 2 * len(ABLATIONS)
     assert len({c.key for c in cells}) == len(cells)
-    assert cells[0].key == "main|demo/sentiment|moc|seed=0|lr=0.001|steps=7|bs=32|len=128"
+    assert cells[0].key == "main|demo/sentiment|moc|seed=0|lr=0.003|steps=7|bs=32|len=128"
 
 
 def test_bad_grid_and_method_name_the_option() -> None:
@@ -92,8 +92,8 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path: Path) -> None:
     report = bench([0, 1, 2])
     assert ran == [
         json.loads(lines[-1])["key"],
-        "main|demo/sentiment|moc|seed=2|lr=0.001|steps=5|bs=32|len=128",
-        "main|demo/sentiment|lora|seed=2|lr=0.0005|steps=5|bs=32|len=128",
+        "main|demo/sentiment|moc|seed=2|lr=0.003|steps=5|bs=32|len=128",
+        "main|demo/sentiment|lora|seed=2|lr=0.005|steps=5|bs=32|len=128",
     ]
     assert len(load_finished(store)) == 6
     text = report.read_text()
