@@ -93,7 +93,7 @@ def accuracy_block(records: list[dict[str, Any]]) -> str:
         "",
         *accuracy_table(records, "main", default_rates_only=True),
     ]
-    ablations = accuracy_table(records, "ablations")
+    ablations = accuracy_table(records, "ablations", default_rates_only=True)
     if ablations:
         lines += [
             "",
