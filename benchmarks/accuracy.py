@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def _refresh_readme(results_dir: Path) -> None:
     from moc_cli.bench.readme import refresh_repository_readme
 
     refresh_repository_readme(Path(__file__).resolve().parents[1], results_dir)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -47,10 +47,10 @@ def _ratio(value: float | None, reference: float | None, spec: str = ".3f") -> s
 
 
 def efficiency_block(runs: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.efficiency import with_ratios
+    from moc_cli.bench.methods import SAME_SITE_CONTROL
 
     run = _headline_run(runs)
-    rows = {r["method"]: r for r in with_ratios(run)}
+    rows = {r["method"]: r for r in run["methods"]}
     timed = run["steps"] > 0
     lines = [
         f"Packaged MiniLM-L6, batch {run['batch_size']} × {run['seq_len']} tokens, "
@@ -66,7 +66,7 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
         if r is None:
             continue
         # MoC is compared with the Control on its own sites; the rest with Control on the FFN site.
-        ref = rows[r.get("same_site_control") or (method if method.startswith("control") else "control")]
+        ref = rows[SAME_SITE_CONTROL.get(method) or (method if method.startswith("control") else "control")]
         lines.append(
             f"| {label} | {r['trainable_params']:,} | {r['saved_bytes'] / MIB:.1f} MiB "
             f"| {_ratio(r['saved_bytes'], ref['saved_bytes'])} "
