@@ -294,8 +294,16 @@ def accuracy_table(records: list[dict[str, Any]], grid: str, default_rates_only:
     return out
 
 
+# Why the classification tasks of shared/data that have no column in the tables are not run.
+EXCLUDED_TASKS = (
+    "glue/qnli, superglue/boolq and superglue/multirc (no train split there, only validation/test); "
+    "superglue/rte (the same premise/hypothesis pairs and labels as glue/rte); superglue/axb and "
+    "superglue/axg (unlabelled test-only diagnostics)"
+)
+
+
 def accuracy_markdown(records: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.accuracy import ABLATIONS, LEARNING_RATES, MAIN_METHODS
+    from moc_cli.bench.accuracy import ABLATIONS, LEARNING_RATES, MAIN_METHODS, display_label
 
     records = sorted(records, key=lambda r: (r["grid"], r["task"], r["label"], r["seed"]))
     total_wall = sum(r.get("wall_s") or 0 for r in records)
@@ -328,6 +336,7 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
         + ", ".join(f"{m} {lr:g}" for m, lr in LEARNING_RATES.items())
         + "); the sweep's other rates are the rows labelled `<method> lr=<value>`",
         "- methods: " + "; ".join(f"{m}: `{' '.join(o)}`" for m, o in MAIN_METHODS.items()),
+        f"- tasks of `shared/data/` left out: {EXCLUDED_TASKS}",
         "",
         "## Main grid",
         "",
@@ -341,12 +350,15 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
         "",
         "## Cells that ran",
         "",
-        "| grid | task | method | seed | metric | value | trainable params | wall (s) | started (UTC) |",
-        "|---|---|---|---:|---|---:|---:|---:|---|",
+        "| grid | task | method | learning rate | seed | metric | value | trainable params | wall (s) | started (UTC) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in records:
+        # The label as the tables show it: a cell run before the sweep moved its method's default
+        # rate carries `lr=<value>` here too, so a reader can match it to its row.
+        label = display_label(r["grid"], r["label"], r["learning_rate"])
         out.append(
-            f"| {r['grid']} | {r['task']} | {r['label']} | {r['seed']} | {r['metric']} | {r['value']:.4f} "
+            f"| {r['grid']} | {r['task']} | {label} | {r['learning_rate']:g} | {r['seed']} | {r['metric']} | {r['value']:.4f} "
             f"| {r.get('trainable_params') or '–'} | {r.get('wall_s') or 0:.0f} | {r.get('started_utc', '')} |"
         )
     return "\n".join(out) + "\n"

@@ -103,3 +103,44 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path: Path) -> None:
     assert csv_lines[0] == "grid,task,label,seed,learning_rate,metric,value,trainable_params,wall_s"
     assert len(csv_lines) == 7
     assert json.loads(store.read_text().splitlines()[0])["budget"]["max_steps"] == 5
+
+
+def test_cells_table_shows_each_cell_under_its_row_label_and_rate() -> None:
+    from moc_cli.bench.accuracy import LEARNING_RATES
+    from moc_cli.bench.report import accuracy_markdown
+
+    budget = {"max_steps": 100, "batch_size": 16, "max_length": 64}
+    old_rate = LEARNING_RATES["moc"] / 3
+    # Stored as plain "moc" before the sweep moved the default: the table must not pass it off as
+    # a cell of the default-rate row.
+    records = [
+        {
+            "grid": "main",
+            "task": "glue/sst2",
+            "label": "moc",
+            "seed": 0,
+            "learning_rate": old_rate,
+            "metric": "accuracy",
+            "value": 0.7,
+            "trainable_params": 10,
+            "wall_s": 1.0,
+            "budget": budget,
+        },
+        {
+            "grid": "main",
+            "task": "glue/sst2",
+            "label": "moc",
+            "seed": 1,
+            "learning_rate": LEARNING_RATES["moc"],
+            "metric": "accuracy",
+            "value": 0.8,
+            "trainable_params": 10,
+            "wall_s": 1.0,
+            "budget": budget,
+        },
+    ]
+    text = accuracy_markdown(records)
+    assert f"| main | glue/sst2 | moc lr={old_rate:g} | {old_rate:g} | 0 | accuracy | 0.7000 |" in text
+    assert f"| main | glue/sst2 | moc | {LEARNING_RATES['moc']:g} | 1 | accuracy | 0.8000 |" in text
+    assert "| moc | 80.0 ± 0.0 (n=1) | 80.0 |" in text
+    assert "superglue/rte (the same premise/hypothesis pairs and labels as glue/rte)" in text
