@@ -4,7 +4,9 @@
     python benchmarks/accuracy.py --task glue/sst2 --grid ablations --seed 0
 
 Resumable: finished cells are kept in benchmarks/results/accuracy.jsonl and skipped on rerun;
-accuracy.md and accuracy.csv are regenerated from all stored cells.
+accuracy.md and accuracy.csv are regenerated from all stored cells. To use several cores, start
+the same command in several terminals with `--threads 1`: each cell is locked by the process that
+trains it, so the processes split the queue instead of repeating cells.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A *cell* is one (grid, task, method label, seed) training run: a `RunConfig` is 
 `moc_cli.config.load_run_config(None, None, overrides)` and trained by
 `moc_cli.training.run_training`, exactly what `moc train` does. Finished cells are appended to
 `accuracy.jsonl`; a rerun skips every cell whose key is already there (resumable), then
-regenerates `accuracy.md` and `accuracy.csv` from all stored cells.
+regenerates `accuracy.md` and `accuracy.csv` from all stored cells. Several processes may run the
+same command at once: each cell is claimed with a file lock, so they share the queue.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +283,32 @@ def append_record(store: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+@contextmanager
+def claim(work_dir: Path, cell: Cell) -> Iterator[bool]:
+    """Yields whether this process holds the cell's lock (False: another process is running it).
+
+    An OS file lock rather than a marker file, so a killed worker never leaves a stale claim.
+    Without `fcntl` (Windows) every cell counts as claimed: run one process at a time there.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / f"{cell.slug}.lock"
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def default_work_dir() -> Path:
     base = os.environ.get("MOC_CACHE")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "moc_cli"
@@ -318,19 +346,26 @@ def run_accuracy_benchmark(
     todo = [c for c in cells if c.key not in done]
     log(f"{len(cells)} cells requested, {len(cells) - len(todo)} already finished, {len(todo)} to run")
     for i, cell in enumerate(todo, 1):
-        log(f"[{i}/{len(todo)}] {cell.key}")
-        started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
-        result = cell_runner(cell, work_dir)
-        record = {
-            "key": cell.key,
-            **{k: v for k, v in asdict(cell).items() if k != "budget"},
-            "budget": asdict(cell.budget),
-            **result,
-            "started_utc": started,
-            "threads": threads,
-            "load_average": list(os.getloadavg()),
-            "command": command,
-        }
-        append_record(store, record)
+        with claim(work_dir, cell) as mine:
+            # Re-read under the lock: another process may have finished the cell meanwhile.
+            if not mine or cell.key in load_finished(store):
+                log(
+                    f"[{i}/{len(todo)}] {cell.key}: {'running' if not mine else 'finished'} in another process"
+                )
+                continue
+            log(f"[{i}/{len(todo)}] {cell.key}")
+            started = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+            result = cell_runner(cell, work_dir)
+            record = {
+                "key": cell.key,
+                **{k: v for k, v in asdict(cell).items() if k != "budget"},
+                "budget": asdict(cell.budget),
+                **result,
+                "started_utc": started,
+                "threads": threads,
+                "load_average": list(os.getloadavg()),
+                "command": command,
+            }
+            append_record(store, record)
         log(f"    {result['metric']} = {result['value']:.4f} ({result.get('wall_s', 0):.0f} s)")
     return write_accuracy_report(list(load_finished(store).values()), output_dir)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from moc_cli.bench.report import MIB, _fmt, _loaded, accuracy_table
+from moc_cli.bench.report import MIB, _fmt, _loaded, accuracy_table, comparison_table
 
 # Rows of the headline efficiency table: (method in efficiency.json, label in the README).
 HEADLINE_METHODS = (
@@ -93,6 +93,14 @@ def accuracy_block(records: list[dict[str, Any]]) -> str:
         "",
         *accuracy_table(records, "main", default_rates_only=True),
     ]
+    comparison = comparison_table(records)
+    if comparison:
+        lines += [
+            "",
+            "MoC minus each baseline, in points (within noise: the difference is at most the sum of the two seed stds):",
+            "",
+            *comparison,
+        ]
     ablations = accuracy_table(records, "ablations", default_rates_only=True)
     if ablations:
         lines += [

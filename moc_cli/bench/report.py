@@ -302,6 +302,51 @@ EXCLUDED_TASKS = (
 )
 
 
+def comparison_table(records: list[dict[str, Any]], reference: str = "moc") -> list[str]:
+    """Markdown rows: per baseline and task, `reference` minus baseline in points, with a verdict.
+
+    A difference no larger than the two seed stds added together is called within noise; with a
+    single seed on either side there is no spread to judge by, and the verdict says so.
+    """
+    from moc_cli.bench.accuracy import MAIN_METHODS, display_label
+
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r["grid"] == "main":
+            label = display_label("main", r["label"], r["learning_rate"])
+            values.setdefault((label, r["task"]), []).append(100.0 * r["value"])
+    tasks = sorted({task for (label, task) in values if label == reference})
+    if not tasks:
+        return []
+    out = [
+        f"| {reference} minus | " + " | ".join(tasks) + f" | tasks {reference} ahead / behind beyond noise |",
+        "|---|" + "---|" * (len(tasks) + 1),
+    ]
+    for baseline in MAIN_METHODS:
+        if baseline == reference:
+            continue
+        cells, ahead, behind, compared = [], 0, 0, 0
+        for task in tasks:
+            mine, theirs = values.get((reference, task), []), values.get((baseline, task), [])
+            if not theirs:
+                cells.append("–")
+                continue
+            (m_mean, m_std), (t_mean, t_std) = _mean_std(mine), _mean_std(theirs)
+            diff = m_mean - t_mean
+            if min(len(mine), len(theirs)) < 2:
+                verdict = "1 seed"
+            elif abs(diff) <= m_std + t_std:
+                verdict = "within noise"
+            else:
+                verdict = f"{reference} ahead" if diff > 0 else f"{baseline} ahead"
+            compared += 1
+            ahead += verdict == f"{reference} ahead"
+            behind += verdict == f"{baseline} ahead"
+            cells.append(f"{diff:+.1f} ({verdict})")
+        out.append(f"| {baseline} | " + " | ".join(cells) + f" | {ahead} / {behind} of {compared} |")
+    return out
+
+
 def accuracy_markdown(records: list[dict[str, Any]]) -> str:
     from moc_cli.bench.accuracy import ABLATIONS, LEARNING_RATES, MAIN_METHODS, display_label
 
@@ -341,6 +386,10 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
         "## Main grid",
         "",
         *(accuracy_table(records, "main") or ["(no cells ran)"]),
+        "",
+        "MoC against each baseline at default rates (points; within noise: |difference| ≤ the sum of the two stds):",
+        "",
+        *(comparison_table(records) or ["(no MoC cells ran)"]),
         "",
         "## Ablations of MoC (both-shared, top-1, α 0.95, balance loss 0.01; one knob changed per row)",
         "",
