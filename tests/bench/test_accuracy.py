@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,28 @@ def test_every_cell_resolves_through_the_real_config_loader(tmp_path: Path) -> N
     assert by_label["moc variant=attn"].variant == "attn"
 
 
+def _bench_moc_and_lora(
+    tmp_path: Path,
+    seeds: list[int],
+    runner: Callable[[Cell, Path], dict],
+    log: Callable[[str], None] = lambda _msg: None,
+) -> Path:
+    """The sentiment main grid for moc and lora at 5 steps, with `runner` standing in for training."""
+    return run_accuracy_benchmark(
+        tasks=["demo/sentiment"],
+        seeds=seeds,
+        grids=["main"],
+        methods=["moc", "lora"],
+        max_steps=5,
+        threads=1,
+        output_dir=tmp_path,
+        command="python benchmarks/accuracy.py --test",
+        cell_runner=runner,
+        work_dir=tmp_path / "runs",
+        log=log,
+    )
+
+
 def test_finished_cells_are_skipped_on_rerun(tmp_path: Path) -> None:
     ran: list[str] = []
 
@@ -65,19 +88,7 @@ def test_finished_cells_are_skipped_on_rerun(tmp_path: Path) -> None:
         return {"metric": "accuracy", "value": 0.5 + 0.01 * cell.seed, "trainable_params": 1, "wall_s": 0.0}
 
     def bench(seeds: list[int]) -> Path:
-        return run_accuracy_benchmark(
-            tasks=["demo/sentiment"],
-            seeds=seeds,
-            grids=["main"],
-            methods=["moc", "lora"],
-            max_steps=5,
-            threads=1,
-            output_dir=tmp_path,
-            command="python benchmarks/accuracy.py --test",
-            cell_runner=fake_runner,
-            work_dir=tmp_path / "runs",
-            log=lambda _msg: None,
-        )
+        return _bench_moc_and_lora(tmp_path, seeds, fake_runner)
 
     bench([0, 1])
     assert len(ran) == 4
@@ -157,19 +168,7 @@ def test_processes_running_the_same_command_share_the_queue(tmp_path: Path) -> N
         return {"metric": "accuracy", "value": 0.5, "trainable_params": 1, "wall_s": 0.0}
 
     def bench() -> None:
-        run_accuracy_benchmark(
-            tasks=["demo/sentiment"],
-            seeds=[0],
-            grids=["main"],
-            methods=["moc", "lora"],
-            max_steps=5,
-            threads=1,
-            output_dir=tmp_path,
-            command="python benchmarks/accuracy.py --test",
-            cell_runner=fake_runner,
-            work_dir=tmp_path / "runs",
-            log=logged.append,
-        )
+        _bench_moc_and_lora(tmp_path, [0], fake_runner, logged.append)
 
     moc_cell = build_cells(["demo/sentiment"], [0], ["main"], ["moc"], Budget(max_steps=5))[0]
     # flock conflicts between two open file descriptions even inside one process, so holding the
