@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from moc_tuner_testkit import tiny
+from moc_tuner_testkit import HIDDEN, tiny
 from peft import PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
@@ -232,3 +232,41 @@ def test_unload_block_variant_removes_every_hook(arch: str) -> None:
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in plain.modules())
     with torch.no_grad():
         assert torch.equal(plain(**t.model_inputs).logits, ref)
+
+
+def test_two_active_adapters_add_their_controls_and_train_together() -> None:
+    t = tiny("llama")
+    model = get_peft_model(t.build(), MocConfig(r=4, task_type="CAUSAL_LM"))
+    model.add_adapter("second", MocConfig(r=2, task_type="CAUSAL_LM", top_k=2))
+    _randomize(model, "default", 1)
+    _randomize(model, "second", 2)
+    tuner = model.base_model
+    runtime = tuner.moc_runtime
+    site = tuner.moc_state["default"].sites[0]
+    u = torch.randn(2, 5, HIDDEN, generator=torch.Generator().manual_seed(0))
+
+    def control(active: list[str]) -> torch.Tensor:
+        runtime.active = active
+        with torch.no_grad():
+            return runtime.control(site, 1, u)
+
+    # The layer adds the sum of the active adapters' controls, each routed by its own router.
+    torch.testing.assert_close(control(["default", "second"]), control(["default"]) + control(["second"]))
+
+    with torch.no_grad():
+        alone = {}
+        for name in ("default", "second"):
+            tuner.set_adapter(name)
+            alone[name] = model(**t.model_inputs).logits
+        tuner.set_adapter(["default", "second"])
+        together = model(**t.model_inputs).logits
+    assert model.active_adapters == ["default", "second"]
+    assert not torch.allclose(together, alone["default"]) and not torch.allclose(together, alone["second"])
+
+    model.train()
+    model(**t.batch()).loss.backward()
+    for name in ("default", "second"):
+        grads = [p.grad for n, p in model.named_parameters() if f".moc_state.{name}." in n]
+        assert grads and all(g is not None for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+    assert set(runtime.stats) == {"default", "second"}  # each adapter's routing is recorded
