@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from moc_cli.cli.common import ConfigFileOption, err, fail_config, load_or_exit
+from moc_cli.cli.common import ConfigFileOption, cli_errors, err, fail_config, load_or_exit
 from moc_cli.config import (
     ConfigError,
     ConfigIssue,
@@ -44,6 +44,8 @@ Examples:
   moc validate glue/sst2
 
   moc validate my_recipe.yaml method.r=32
+
+  moc validate glue/sst2 --estimate-memory training.per_device_train_batch_size=64
 """
 ENV_EPILOG = """\
 Examples:
@@ -101,6 +103,14 @@ def validate(
     recipe: _RecipeArg,
     overrides: _OverridesArg = None,
     config: ConfigFileOption = None,
+    estimate_memory: Annotated[
+        bool,
+        typer.Option(
+            "--estimate-memory",
+            help="Also estimate the training memory per process from the model's config "
+            "(no weights or data are loaded).",
+        ),
+    ] = False,
 ) -> None:
     """Check a recipe against the schema plus cheap pre-flight checks (task, model path, data files)."""
     from moc_cli.config.preflight import preflight
@@ -112,6 +122,39 @@ def validate(
     typer.echo(
         f"OK: {recipe} (task {cfg.task.name}, model {cfg.model.name_or_path}, method {cfg.method.name})"
     )
+    if estimate_memory:
+        _print_memory_estimate(cfg)
+
+
+def _available_memory() -> tuple[int, str]:
+    """(bytes, where): free memory of the first GPU, else available RAM."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(0)
+        return free, f"free on {torch.cuda.get_device_name(0)}"
+    return psutil.virtual_memory().available, "available RAM"
+
+
+def _print_memory_estimate(cfg: Any) -> None:
+    from moc_cli.training.memory_estimate import GIB, estimate_memory
+
+    with cli_errors("memory estimate"):
+        estimate = estimate_memory(cfg.model_dump())
+        available, where = _available_memory()
+    typer.echo("Memory estimate (training, one process):")
+    for line in estimate.lines():
+        typer.echo(line)
+    if estimate.total_bytes > available:
+        err(
+            f"warning: the estimate exceeds the {available / GIB:.1f} GiB {where}; lower "
+            "training.per_device_train_batch_size (activations grow with it) and raise "
+            "training.gradient_accumulation_steps to keep the effective batch, or set "
+            "training.gradient_checkpointing=true"
+        )
+    else:
+        typer.echo(f"  fits: {available / GIB:.1f} GiB {where}")
 
 
 def _version(dist: str) -> str | None:

@@ -62,44 +62,58 @@ def build_tokenizer(source: str, model_cfg: Any) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def build_model(
-    source: str, task: Task, model_cfg: Any, tokenizer: PreTrainedTokenizerBase
-) -> PreTrainedModel:
-    """The base model with the head the task kind needs (sequence classification, multiple choice, LM)."""
+def auto_model_class(task: Task) -> Any:
+    """The transformers auto class giving the head the task kind needs."""
     import transformers
 
+    if task.kind in ("seq_cls", "regression"):
+        return transformers.AutoModelForSequenceClassification
+    if task.kind == "multiple_choice":
+        return transformers.AutoModelForMultipleChoice
+    if task.kind == "causal_lm":
+        return transformers.AutoModelForCausalLM
+    raise RunSetupError(f"task {task.name} has unknown kind {task.kind!r}")
+
+
+def head_config_kwargs(task: Task) -> dict[str, Any]:
+    """Config fields the task's head needs (labels and problem type of classifiers)."""
+    if task.kind == "regression":
+        return {"num_labels": task.num_labels, "problem_type": "regression"}
+    if task.kind != "seq_cls":
+        return {}
+    kwargs: dict[str, Any] = {"num_labels": task.num_labels, "problem_type": "single_label_classification"}
+    if task.label_names:
+        kwargs["id2label"] = dict(enumerate(task.label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    return kwargs
+
+
+def model_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """`trust_remote_code`, `dtype` and `attn_implementation` from the `model:` section."""
     cfg = as_dict(model_cfg)
-    kwargs: dict[str, Any] = {
-        "trust_remote_code": bool(cfg.get("trust_remote_code")),
-        # Pickled .bin weights can execute code on load; safetensors only unless explicitly allowed.
-        # allow_pickle widens the choice (safetensors still preferred when present), it never forbids safetensors.
-        "use_safetensors": None if cfg.get("allow_pickle") else True,
-    }
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.get("trust_remote_code"))}
     dtype = resolve_dtype(cfg.get("dtype"))
     if dtype is not None:
         kwargs["dtype"] = dtype
     if cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = cfg["attn_implementation"]
+    return kwargs
 
-    if task.kind in ("seq_cls", "regression"):
-        auto = transformers.AutoModelForSequenceClassification
-        kwargs["num_labels"] = task.num_labels
-        if task.kind == "regression":
-            kwargs["problem_type"] = "regression"
-        else:
-            kwargs["problem_type"] = "single_label_classification"
-            if task.label_names:
-                kwargs["id2label"] = dict(enumerate(task.label_names))
-                kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
-    elif task.kind == "multiple_choice":
-        auto = transformers.AutoModelForMultipleChoice
-    elif task.kind == "causal_lm":
-        auto = transformers.AutoModelForCausalLM
-    else:
-        raise RunSetupError(f"task {task.name} has unknown kind {task.kind!r}")
 
+def build_model(
+    source: str, task: Task, model_cfg: Any, tokenizer: PreTrainedTokenizerBase
+) -> PreTrainedModel:
+    """The base model with the head the task kind needs (sequence classification, multiple choice, LM)."""
+    cfg = as_dict(model_cfg)
+    kwargs: dict[str, Any] = {
+        **model_kwargs(cfg),
+        **head_config_kwargs(task),
+        # Pickled .bin weights can execute code on load; safetensors only unless explicitly allowed.
+        # allow_pickle widens the choice (safetensors still preferred when present), it never forbids safetensors.
+        "use_safetensors": None if cfg.get("allow_pickle") else True,
+    }
     try:
-        model = auto.from_pretrained(source, **kwargs)
+        model = auto_model_class(task).from_pretrained(source, **kwargs)
     except OSError as exc:
         if "safetensors" in str(exc) and kwargs["use_safetensors"]:
             raise RunSetupError(

@@ -26,15 +26,21 @@ is on, else `u.dtype`. The original `u` is saved, never a cast copy.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 
 
+def autocast_off(device_type: str) -> AbstractContextManager[Any]:
+    """Autocast disabled for the device; the meta device (memory estimates) has no autocast."""
+    return nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
+
+
 def compute_dtype(u: torch.Tensor) -> torch.dtype:
     """Activation dtype the control computes in (autocast dtype if autocast is enabled)."""
     device_type = u.device.type
-    if torch.is_autocast_enabled(device_type):
+    if device_type != "meta" and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return u.dtype
 
@@ -54,7 +60,7 @@ class _SparseMixture(torch.autograd.Function):
         n, d = u.shape
         e, r, _ = a_pool.shape
         m = idx.shape[1]
-        with torch.autocast(u.device.type, enabled=False):
+        with autocast_off(u.device.type):
             a_flat = a_pool.to(cdt).reshape(e * r, d)
             bt_flat = bt_pool.to(cdt).reshape(e * r, d)
             z_all = (u.to(cdt) @ a_flat.t()).view(n, e, r)
@@ -85,7 +91,7 @@ class _SparseMixture(torch.autograd.Function):
         m = idx.shape[1]
         need_u, need_a, need_b, _, need_coef = ctx.needs_input_grad[:5]
         grad_u = grad_a = grad_b = grad_coef = None
-        with torch.autocast(u.device.type, enabled=False):
+        with autocast_off(u.device.type):
             go = grad_out.to(cdt)
             if scale != 1.0:
                 go = go * scale
@@ -136,7 +142,7 @@ def dense_mixture(
     cdt = compute_dtype(u)
     n, d = u.shape
     e, r, _ = a_pool.shape
-    with torch.autocast(u.device.type, enabled=False):
+    with autocast_off(u.device.type):
         z = (u.to(cdt) @ a_pool.to(cdt).reshape(e * r, d).t()).view(n, e, r)
         weights = torch.zeros(n, e, dtype=cdt, device=u.device).scatter_add(1, idx, coef.to(cdt))
         out = (z * weights.unsqueeze(-1)).view(n, e * r) @ bt_pool.to(cdt).reshape(e * r, d)

@@ -4,7 +4,9 @@
 `torch.autograd.graph.saved_tensors_hooks` and sums the sizes of the *distinct storages* of all
 tensors autograd saves (a view of `u` saved by two ops counts once), excluding storages that belong
 to the given tensors (parameters and buffers: they live anyway). This is the "saved for backward"
-number of docs/moc-method.md; it does not depend on the allocator and works on CPU.
+number of docs/moc-method.md; it does not depend on the allocator and works on CPU. On the meta
+device (shapes only, no memory) it gives the same figure, which is how `moc validate
+--estimate-memory` measures a model it has not loaded.
 """
 
 from __future__ import annotations
@@ -32,19 +34,21 @@ class SavedBytes:
 
 def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     storage = t.untyped_storage()
-    return (str(t.device), storage.data_ptr())
+    # Meta storages all have data pointer 0; the storage object's own address tells them apart
+    # (views share it), and stays valid while `result` keeps the graph alive.
+    return (str(t.device), storage._cdata if t.device.type == "meta" else storage.data_ptr())
 
 
 def saved_tensor_bytes(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> SavedBytes:
     """Run `fn()` (a forward pass building the graph) and measure the bytes saved for backward."""
-    excluded = {_storage_key(t) for t in exclude if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+    excluded = {_storage_key(t) for t in exclude if isinstance(t, torch.Tensor)}
     storages: dict[tuple[str, int], int] = {}
     count = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         nonlocal count
         count += 1
-        if t.device.type != "meta" and t.untyped_storage().data_ptr() != 0:
+        if t.device.type == "meta" or t.untyped_storage().data_ptr() != 0:
             key = _storage_key(t)
             if key not in excluded:
                 storages[key] = max(storages.get(key, 0), t.untyped_storage().nbytes())

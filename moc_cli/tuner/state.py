@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MocConfig
-from .functional import dense_mixture, sparse_mixture
+from .functional import autocast_off, dense_mixture, sparse_mixture
 
 
 class MocAdapterState(nn.Module):
@@ -204,7 +204,7 @@ class MocRuntime:
                 return cached
         weight = state.router[key]
         weight = weight[pos] if weight.shape[0] > 1 else weight[0]
-        with torch.autocast(u2.device.type, enabled=False):
+        with autocast_off(u2.device.type):
             logits = F.linear(u2, weight.to(u2.dtype)).float()
         if key in state.router_bias:
             bias = state.router_bias[key]

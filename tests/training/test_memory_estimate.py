@@ -1,0 +1,124 @@
+"""`moc validate --estimate-memory`: a meta-device forward counts what a real training step saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from typer.testing import CliRunner
+
+from moc_cli.cli.app import app
+from moc_cli.config import load_run_config
+from moc_cli.testing import TINY_RECIPE, save_tiny_model, write_yaml
+from moc_cli.training.memory_estimate import estimate_memory, optimizer_state_bytes
+from moc_cli.training.methods import apply_method
+from moc_cli.tuner.profiling import saved_tensor_bytes
+
+BATCH, LENGTH = 4, 16
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def _config(model_dir: Path, task: str, method: list[str]) -> dict:
+    cfg, _ = load_run_config(
+        None,
+        None,
+        [
+            f"model.name_or_path={model_dir}",
+            "model.dtype=float32",
+            f"task.name={task}",
+            f"task.max_length={LENGTH}",
+            f"training.per_device_train_batch_size={BATCH}",
+            *method,
+        ],
+    )
+    return cfg.model_dump()
+
+
+@pytest.mark.parametrize(
+    ("kind", "task", "method"),
+    [
+        ("bert", "glue/sst2", ["method.name=moc", "method.variant=both-shared", "method.top_k=1"]),
+        ("bert", "glue/sst2", ["method.name=lora", "method.target_modules=[query,value]"]),
+        ("llama", "demo/instruct", ["method.name=moc", "method.variant=ffn", "method.top_k=2"]),
+        ("llama", "demo/instruct", ["method.name=full"]),
+    ],
+)
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_estimate_counts_what_a_real_step_saves(
+    tmp_path: Path, kind: str, task: str, method: list[str], attention: str
+) -> None:
+    model_dir = save_tiny_model(kind, tmp_path / kind, with_tokenizer=False)
+    cfg = _config(model_dir, task, [*method, f"model.attn_implementation={attention}"])
+    estimate = estimate_memory(cfg)
+
+    if kind == "bert":
+        real = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, num_labels=2, attn_implementation=attention
+        )
+        batch = {"input_ids": torch.randint(1, 50, (BATCH, LENGTH)), "labels": torch.tensor([0, 1, 1, 0])}
+    else:
+        real = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention)
+        ids = torch.randint(1, 50, (BATCH, LENGTH))
+        batch = {"input_ids": ids, "labels": ids}
+    real = apply_method(real, cfg["method"], "seq_cls" if kind == "bert" else "causal_lm")
+    real.train()
+    params = list(real.parameters())
+    measured = saved_tensor_bytes(lambda: real(**batch).loss, exclude=[*params, *real.buffers()]).total_bytes
+
+    if kind == "llama" and attention == "sdpa":
+        # The meta device takes SDPA's math path, the CPU kernel saves its own intermediates (a
+        # log-sum-exp): a few hundred bytes apart per layer here. Everything else is identical.
+        assert estimate.activation_bytes != measured
+        assert abs(estimate.activation_bytes - measured) < 0.01 * measured
+    else:
+        assert estimate.activation_bytes == measured > 0
+    assert estimate.trainable_params == sum(p.numel() for p in params if p.requires_grad)
+    assert estimate.total_params == sum(p.numel() for p in params)
+    assert estimate.gradient_bytes == 4 * estimate.trainable_params  # fp32 gradients
+    assert estimate.optimizer_bytes == 8 * estimate.trainable_params  # AdamW: two fp32 states
+    assert estimate.batch_shape == (BATCH, LENGTH)
+
+
+def test_optimizer_state_follows_the_optimizer() -> None:
+    params = [torch.nn.Parameter(torch.zeros(10, 10)), torch.nn.Parameter(torch.zeros(5))]
+    assert optimizer_state_bytes("adamw_torch", params) == (
+        840,
+        "adamw_torch: 2 states per trainable parameter",
+    )
+    assert optimizer_state_bytes("adamw_torch_8bit", params) == (
+        210,
+        "adamw_torch_8bit: 2 states per trainable parameter at 1 byte",
+    )
+    assert optimizer_state_bytes("adafactor", params)[0] == 420
+    assert optimizer_state_bytes("sgd", params)[0] == 0
+
+
+def test_cli_prints_the_estimate_and_names_the_model_when_its_config_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = save_tiny_model("bert", tmp_path / "bert")
+    recipe = write_yaml(tmp_path / "recipe.yaml", {**TINY_RECIPE, "model": {"name_or_path": str(model_dir)}})
+    result = invoke("validate", str(recipe), "--estimate-memory", "training.per_device_train_batch_size=4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1] == "Memory estimate (training, one process):"
+    assert [line.split()[0] for line in lines[2:7]] == [
+        "weights",
+        "gradients",
+        "optimizer",
+        "activations",
+        "total",
+    ]
+    assert "input 4 x 64" in lines[5]
+    assert lines[7].startswith("  fits: ") or "warning: the estimate exceeds" in result.stderr
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = invoke("validate", str(recipe), "--estimate-memory", "model.name_or_path=nobody/no-such-model")
+    assert missing.exit_code == 2
+    assert "  - model.name_or_path: no model config found for nobody/no-such-model (" in missing.stderr
+    assert "pass a local folder written by save_pretrained, or a Hub id while online" in missing.stderr
