@@ -5,7 +5,7 @@ Modules: `config` (MocConfig, documented choices), `architectures` (declarative 
 runtime: routing, balance loss, statistics), `layer` (parameter-free wrappers of writers and taps),
 `model` (MocModel, the peft tuner), `profiling` (bytes saved for backward).
 
-`register_moc()` (run by `import moc_cli`) registers MoC with peft through its own `str` Enum
+`register_moc()` (run when this package is imported, which `import moc_cli` arranges) registers MoC with peft through its own `str` Enum
 `MocPeftType` and the three peft mapping dicts (no enum internals), idempotently. Every process
 that loads a saved MoC adapter must `import moc_cli` first.
 """
@@ -56,6 +56,8 @@ def reset_routing_stats(model: nn.Module) -> None:
     """Clear the accumulated routing statistics of a MoC model."""
     _find_tuner(model).reset_routing_stats()
 
+
+register_moc()
 
 __all__ = [
     "ARCHITECTURES",
