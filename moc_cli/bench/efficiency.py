@@ -415,13 +415,17 @@ def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def merge_runs(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """New runs replace stored runs of the same (model, batch size, sequence length, timed or not)."""
+    """New runs replace stored runs of the same model, batch size and sequence length that measured
+    no more than they do: a timed run replaces both kinds (it also measures saved bytes and memory),
+    a memory-only run replaces only a memory-only one."""
 
-    def key(run: dict[str, Any]) -> tuple[str, int, int, bool]:
-        return (run["model"], run["batch_size"], run["seq_len"], run["steps"] > 0)
+    def key(run: dict[str, Any]) -> tuple[str, int, int]:
+        return (run["model"], run["batch_size"], run["seq_len"])
 
-    replaced = {key(r) for r in new}
-    kept = [r for r in existing if key(r) not in replaced]
+    def superseded(old: dict[str, Any]) -> bool:
+        return any(key(r) == key(old) and (r["steps"] > 0 or old["steps"] == 0) for r in new)
+
+    kept = [r for r in existing if not superseded(r)]
     return sorted([*kept, *new], key=lambda r: (r["model"], r["batch_size"], r["seq_len"], r["steps"] > 0))
 
 

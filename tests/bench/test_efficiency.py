@@ -113,9 +113,16 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
     older = {**stored[0], "command": "older"}
     other = {**stored[0], "seq_len": 16, "command": "older"}
     untimed = {**stored[0], "steps": 0, "command": "untimed"}
+    # A timed run supersedes the stored timed and memory-only runs of its configuration.
     merged = merge_runs([older, other, untimed], stored)
     assert [(r["seq_len"], r["steps"], r["command"]) for r in merged] == [
-        (8, 0, "untimed"),
         (8, 1, "moc bench efficiency --test"),
         (16, 1, "older"),
+    ]
+    # A memory-only run replaces only a memory-only run: the timed figures stay.
+    newer_untimed = {**untimed, "command": "newer untimed"}
+    merged = merge_runs([untimed, *stored], [newer_untimed])
+    assert [(r["steps"], r["command"]) for r in merged] == [
+        (0, "newer untimed"),
+        (1, "moc bench efficiency --test"),
     ]
