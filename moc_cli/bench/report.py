@@ -250,6 +250,18 @@ def _cell_text(values: list[float]) -> str:
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
+def values_by_label_and_task(records: list[dict[str, Any]], grid: str) -> dict[tuple[str, str], list[float]]:
+    """The values of `grid`'s cells grouped by (label as the tables show it, task), in record order."""
+    from moc_cli.bench.accuracy import display_label
+
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r["grid"] == grid:
+            label = display_label(grid, r["label"], r["learning_rate"])
+            values.setdefault((label, r["task"]), []).append(r["value"])
+    return values
+
+
 def accuracy_table(records: list[dict[str, Any]], grid: str, default_rates_only: bool = False) -> list[str]:
     """Markdown rows: one per method label, one column per task, plus the average over tasks.
 
@@ -282,8 +294,9 @@ def accuracy_table(records: list[dict[str, Any]], grid: str, default_rates_only:
         "| method | " + " | ".join(f"{t} ({metric_of[t]}, ×100)" for t in tasks) + " | average |",
         "|---|" + "---:|" * (len(tasks) + 1),
     ]
+    values = values_by_label_and_task(records, grid)
     for label in labels:
-        per_task = {t: [r["value"] for r in rows if r["label"] == label and r["task"] == t] for t in tasks}
+        per_task = {t: values.get((label, t), []) for t in tasks}
         complete = all(per_task[t] for t in tasks)
         average = (
             f"{sum(_mean_std([100.0 * v for v in per_task[t]])[0] for t in tasks) / len(tasks):.1f}"
@@ -308,13 +321,12 @@ def comparison_table(records: list[dict[str, Any]], reference: str = "moc") -> l
     A difference no larger than the two seed stds added together is called within noise; with a
     single seed on either side there is no spread to judge by, and the verdict says so.
     """
-    from moc_cli.bench.accuracy import MAIN_METHODS, display_label
+    from moc_cli.bench.accuracy import MAIN_METHODS
 
-    values: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        if r["grid"] == "main":
-            label = display_label("main", r["label"], r["learning_rate"])
-            values.setdefault((label, r["task"]), []).append(100.0 * r["value"])
+    values = {
+        key: [100.0 * v for v in cell_values]
+        for key, cell_values in values_by_label_and_task(records, "main").items()
+    }
     tasks = sorted({task for (label, task) in values if label == reference})
     if not tasks:
         return []
