@@ -245,23 +245,25 @@ def any_rank_requested(flag: bool, device: Any) -> bool:
 class InterruptCallback(TrainerCallback):
     """Turns Ctrl-C into "save a checkpoint at the end of this step, then stop".
 
-    While training runs, SIGINT only sets a flag; the next `on_step_end` asks Trainer to save a
-    regular (resumable) checkpoint and stop. A second Ctrl-C raises KeyboardInterrupt at once.
+    While training runs, SIGINT only marks a stop as pending; the next `on_step_end` makes it the
+    agreed stop (`requested`) and asks Trainer to save a regular (resumable) checkpoint and stop.
+    A second Ctrl-C raises KeyboardInterrupt at once.
     """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.pending = False  # this process got a Ctrl-C
+        self.requested = False  # the stop every rank agreed on
         self.saved_step: int | None = None
         self._previous: Any = None
         self._installed = False
 
     def request_stop(self) -> None:
-        self.requested = True
+        self.pending = True
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.pending:
             raise KeyboardInterrupt
-        self.requested = True
+        self.pending = True
         print("\nCtrl-C: saving a checkpoint at the end of this step (press again to abort)", file=sys.stderr)
 
     def install(self) -> None:
@@ -281,8 +283,12 @@ class InterruptCallback(TrainerCallback):
         # Under a multi-process launch only some ranks may get the signal (a scheduler or `kill`
         # aimed at one process). Every rank must stop at the same step, since saving a checkpoint is
         # a collective: one that stopped alone would leave the others waiting for it forever.
+        # The handler writes only `pending`, so a Ctrl-C that lands during the all-reduce below (its
+        # handler runs when the call returns) is not overwritten by the vote: it counts next step.
         if args.world_size > 1:
-            self.requested = any_rank_requested(self.requested, args.device)
+            self.requested = any_rank_requested(self.pending, args.device)
+        else:
+            self.requested = self.pending
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

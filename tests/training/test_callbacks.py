@@ -6,6 +6,7 @@ import io
 import json
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -121,15 +122,46 @@ def test_interrupt_callback_turns_sigint_into_save_and_stop(args: TrainingArgume
     callback.install()
     try:
         signal.raise_signal(signal.SIGINT)  # first Ctrl-C: only a flag
-        assert callback.requested
+        assert callback.pending and not callback.requested
         control = TrainerControl(should_evaluate=True)
         callback.on_step_end(args, state(3), control)
         assert control.should_save and control.should_training_stop and not control.should_evaluate
+        assert callback.requested
         with pytest.raises(KeyboardInterrupt):  # second Ctrl-C aborts at once
             signal.raise_signal(signal.SIGINT)
     finally:
         callback.uninstall()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_during_the_ranks_vote_stops_at_the_next_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C whose handler runs inside the all-reduce (after the local flag was sent) is kept.
+
+    Losing it would leave this rank training after the user asked to stop; the vote of the next
+    step carries it to every rank instead.
+    """
+    import moc_cli.training.callbacks as callbacks
+
+    def vote_interrupted_by_ctrl_c(flag: bool, device: object) -> bool:
+        signal.raise_signal(signal.SIGINT)  # lands while the collective is in flight
+        return flag  # the other rank had no Ctrl-C: the vote is this rank's flag as sent
+
+    monkeypatch.setattr(callbacks, "any_rank_requested", vote_interrupted_by_ctrl_c)
+    two_ranks = SimpleNamespace(world_size=2, device="cpu")
+    callback = InterruptCallback()
+    callback.install()
+    try:
+        first = TrainerControl()
+        callback.on_step_end(two_ranks, state(3), first)
+        assert callback.pending and not callback.requested
+        assert not first.should_training_stop  # the ranks agreed to go on at step 3
+
+        monkeypatch.setattr(callbacks, "any_rank_requested", lambda flag, device: flag)
+        second = TrainerControl()
+        callback.on_step_end(two_ranks, state(4), second)
+        assert second.should_save and second.should_training_stop and callback.requested
+    finally:
+        callback.uninstall()
 
 
 def test_interrupt_callback_is_inert_without_ctrl_c(args: TrainingArguments) -> None:
