@@ -10,7 +10,7 @@ from moc_tuner_testkit import HIDDEN, LAYERS, tiny
 from peft import get_peft_model
 
 from moc_cli import MocConfig
-from moc_cli.tuner import reset_routing_stats, routing_stats
+from moc_cli.tuner import functional, reset_routing_stats, routing_stats
 from moc_cli.tuner.architectures import resolve_plan
 from moc_cli.tuner.functional import dense_mixture, sparse_mixture
 
@@ -207,19 +207,35 @@ def test_dense_soft_mixture_special_case() -> None:
     torch.testing.assert_close(moc, ref, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3])
-def test_sparse_function_matches_dense_autograd(m: int) -> None:
+def _mixture_inputs(m: int, local: bool, n: int = 11, e: int = 5, r: int = 3, d: int = 8) -> tuple:
     gen = torch.Generator().manual_seed(0)
-    n, e, r, d = 11, 5, 3, 8
     u = torch.randn(n, d, generator=gen, requires_grad=True)
     a = torch.randn(e, r, d, generator=gen, requires_grad=True)
     bt = torch.randn(e, r, d, generator=gen, requires_grad=True)
     idx = torch.randint(0, e, (n, m), generator=gen)
+    if local:  # column 0 is the layer's own control, the same expert for every token
+        idx[:, 0] = 2
     coef = torch.rand(n, m, generator=gen, requires_grad=True)
+    return u, a, bt, idx, coef
+
+
+@pytest.mark.parametrize("strategy", ["padded", "all-rows"])
+@pytest.mark.parametrize(
+    ("m", "local"), [(1, False), (2, False), (3, False), (1, True), (2, True), (3, True)]
+)
+def test_sparse_function_matches_dense_autograd(
+    m: int, local: bool, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if strategy == "padded":  # tokens sorted per expert into a padded grid, whatever the width
+        monkeypatch.setattr(functional, "PADDED_MIN_WIDTH", 0)
+        monkeypatch.setattr(functional, "PAD_LIMIT", float("inf"))
+    else:  # every token projected through all E*r rows of A
+        monkeypatch.setattr(functional, "PADDED_MIN_WIDTH", 10**9)
+    u, a, bt, idx, coef = _mixture_inputs(m, local)
     outs, grads = [], []
     for fn in (sparse_mixture, dense_mixture):
         out = fn(u, a, bt, idx, coef, 1.5)
-        g = torch.autograd.grad((out * torch.linspace(-1, 1, d)).sum(), (u, a, bt, coef))
+        g = torch.autograd.grad((out * torch.linspace(-1, 1, u.shape[1])).sum(), (u, a, bt, coef))
         outs.append(out)
         grads.append(g)
     torch.testing.assert_close(outs[0], outs[1])
@@ -234,6 +250,51 @@ def test_sparse_function_matches_dense_autograd(m: int) -> None:
             coef.double().detach().requires_grad_(),
         ),
     )
+
+
+def test_padded_grid_is_used_for_wide_pools_with_balanced_routing_only() -> None:
+    gen = torch.Generator().manual_seed(0)
+    balanced = torch.randint(0, 30, (2048, 1), generator=gen)
+    grid = functional._Padded.worth_it(balanced, e=30, r=16)  # SmolLM2: 30 layers, r=16
+    assert grid is not None and 30 * grid.c_max <= functional.PAD_LIMIT * 2048
+    assert functional._Padded.worth_it(balanced % 6, e=6, r=16) is None  # MiniLM: E*r=96, all rows
+    collapsed = torch.zeros(2048, 1, dtype=torch.long)  # one expert takes every token: 30x padding
+    assert functional._Padded.worth_it(collapsed, e=30, r=16) is None
+
+
+def test_exported_sparse_mixture_follows_the_routing_of_each_input(tmp_path) -> None:
+    """An exported graph must not bake in the expert grouping of the example input (ONNX export
+    traces the forward: the value-dependent branches give way to the all-rows path there)."""
+    ort = pytest.importorskip("onnxruntime")
+    u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=64, e=20, r=8, d=16)  # E*r=160: padded eagerly
+    u, a, bt, coef = (x.detach() for x in (u, a, bt, coef))
+
+    class Mixture(torch.nn.Module):
+        def forward(self, u: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+            return sparse_mixture(u, a, bt, idx, coef, 1.5)
+
+    path = tmp_path / "mixture.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            Mixture(), (u, idx, coef), str(path), input_names=["u", "idx", "coef"], dynamo=False
+        )
+    other = idx.clone()
+    other[:, 0] = 7  # another local expert
+    other[:, 1] = torch.arange(64) % 20
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"u": u.numpy(), "idx": other.numpy(), "coef": coef.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), dense_mixture(u, a, bt, other, coef, 1.5))
+
+
+def test_padded_grid_maps_every_assignment_to_its_expert_and_token() -> None:
+    idx = torch.tensor([[2, 0], [2, 2], [1, 0]])
+    grid = functional._Padded(idx, e=3)
+    assert grid.c_max == 3  # expert 2 serves three assignments
+    flat = idx.reshape(-1)
+    tokens = torch.arange(6) // 2
+    assert torch.equal(grid.slot // grid.c_max, flat)  # each assignment sits in its expert's row
+    assert torch.equal(grid.rows[grid.slot], tokens)  # and reads its own token
+    assert len(set(grid.slot.tolist())) == 6
 
 
 def test_expert_compute_modes_agree_and_options() -> None:
