@@ -14,13 +14,11 @@ Choices recorded here (see docs/moc-method.md, marked [choice] there):
 - `learnable_alpha=True`: one logit per (site type, layer), `alpha_l = sigmoid(logit)`,
   initialised at `alpha`; adds `S * L` parameters.
 - `exclude_self=True` masks the layer's own expert out of the router softmax.
-- `expert_compute="auto"`: the fused sparse autograd function whenever gradients are recorded (it
+- `expert_compute="auto"`: the sparse autograd function whenever gradients are recorded (it
   stores about E + 2r numbers per token instead of 2*E*r), and the plain dense formulation under
-  `torch.no_grad()` / inference, where nothing is stored. Measured on CPU (2 threads, one site,
-  forward+backward / forward only, N tokens): N=2048, d=384, E=6: sparse 496/187 ms, dense
-  509/120 ms; d=768, E=12: 896/244 vs 848/193 ms; N=1024, d=2048, E=24: 1352/344 vs 1300/348 ms.
-  Training time is equal within 6 %, so memory decides (sparse); without grad dense is up to 1.5x
-  faster. Re-measure on GPUs with large models.
+  `torch.no_grad()` / inference, where nothing is stored. `benchmarks/results/kernels.md` has the
+  timings of both per pool shape (the sparse function also picks, by pool width, between one
+  all-rows projection and per-expert segments; see `functional.py`).
 """
 
 from __future__ import annotations

@@ -12,13 +12,15 @@ Two implementations:
 
 - `sparse_mixture` (custom autograd function) saves only `u` (already saved by the frozen
   sub-block), the chosen r-wide projections `z_sel [N, m, r]`, `idx` and `coef`: about 2r + 2m
-  numbers per token per site; the backward recomputes every temporary. Columns of `idx` where all
-  tokens use one expert (the local control) are plain matmuls. Routed columns are grouped per
-  expert: tokens are sorted by expert into an `[E, c_max]` padded layout and both projections are
-  one batched matmul each, so the work grows with the tokens' chosen experts, not with E. When the
-  routing is so unbalanced that padding would exceed `PAD_LIMIT` times the routed assignments, the
-  routed columns fall back to projecting every token through all E*r rows of `A` and gathering the
-  chosen slices (work grows with E, temporaries stay E*r wide).
+  numbers per token per site; the backward recomputes every temporary. How it computes depends
+  on the pool width E*r:
+  - narrow pools (E*r < `GROUPED_MIN_WIDTH`, e.g. MiniLM's 6 layers at r=16): every token is
+    projected through all E*r rows of `A` at once and the chosen r-wide slices are gathered; the
+    work grows with E, which is cheap at this width.
+  - wide pools (e.g. SmolLM2's 30 layers): a column where every token uses one expert (the local
+    control) is a plain matmul; routed assignments are sorted by expert (one gather of `u`), each
+    expert multiplies its contiguous segment, and one gather puts the results back in token
+    order. The work follows the chosen experts, not E, however unbalanced the routing.
 - `dense_mixture`: the all-rows projection in plain autograd; it stores the `[N, E*r]` projection
   and mixed operand (2*E*r numbers per token), so it is only the default where nothing is stored
   (no grad mode).
@@ -48,14 +50,10 @@ def compute_dtype(u: torch.Tensor) -> torch.dtype:
     return u.dtype
 
 
-# When the routed columns use the padded per-expert layout (else the all-rows projection), from
-# kernel timings on CPU (N=2048 tokens, top-1, forward+backward, d 384-2048): the all-rows path wins
-# up to E*r of about 128 (E=6..8 at r=16: 10.7 vs 18.6 ms at d=384, E=6), the padded one from about
-# 192 (E=30, r=16, d=576: 39 vs 63 ms). A skewed routing makes the padded grid mostly padding:
-# beyond PAD_LIMIT slots per routed assignment (balanced top-1 needs 1.1-1.4; a collapse onto one
-# expert needs E) the all-rows path is used whatever the width.
-PADDED_MIN_WIDTH = 160
-PAD_LIMIT = 2.0
+# Pool width E*r from which routed columns are computed per expert (else all rows at once). From
+# `benchmarks/kernels.py` on CPU: the all-rows projection wins for MiniLM's pools (E=6, r=16: 96),
+# the per-expert segments from about 160 (SmolLM2's E=30, r=16: 480).
+GROUPED_MIN_WIDTH = 160
 
 
 def _may_read_values(idx: torch.Tensor) -> bool:
@@ -65,9 +63,16 @@ def _may_read_values(idx: torch.Tensor) -> bool:
     return not (idx.device.type == "meta" or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
-def _fixed_experts(idx: torch.Tensor) -> list[int | None]:
-    """Per column of `idx`: the expert when every token uses the same one, else None."""
-    if not _may_read_values(idx):
+def _grouped(e: int, r: int, idx: torch.Tensor) -> bool:
+    return e * r >= GROUPED_MIN_WIDTH and _may_read_values(idx)
+
+
+def _fixed_experts(idx: torch.Tensor, e: int, r: int) -> list[int | None]:
+    """Per column of `idx`: the expert when every token uses the same one, else None.
+
+    Narrow pools report none: their all-rows projection already covers a fixed column for free.
+    """
+    if not _grouped(e, r, idx):
         return [None] * idx.shape[1]
     fixed: list[int | None] = []
     for j in range(idx.shape[1]):
@@ -77,48 +82,49 @@ def _fixed_experts(idx: torch.Tensor) -> list[int | None]:
     return fixed
 
 
-class _Padded:
-    """Routed assignments `[N, k]` sorted per expert into an `[E, c_max]` grid of token slots.
-
-    `rows[s]` is the token read by slot s (token 0 for padding, whose coefficient is 0 and whose
-    results are never read back) and `slot[n * k + j]` the slot of token n's j-th routed expert.
-    """
+class _Segments:
+    """Routed assignments `[N, k]` sorted by expert: expert j owns sorted positions
+    `[start_j, end_j)`; `rows` is the token of each sorted assignment."""
 
     def __init__(self, idx: torch.Tensor, e: int) -> None:
-        n, k = idx.shape
+        self.n, self.k = idx.shape
         flat = idx.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=e)
-        self.c_max = int(counts.max()) if flat.numel() else 0
-        self.e, self.n, self.k = e, n, k
-        experts = flat[order]
-        rank = torch.arange(flat.numel(), device=idx.device) - (torch.cumsum(counts, 0) - counts)[experts]
-        self.slot = torch.empty_like(order)
-        self.slot[order] = experts * self.c_max + rank
-        self.rows = torch.zeros(e * self.c_max, dtype=torch.long, device=idx.device)
-        self.rows[self.slot] = torch.arange(flat.numel(), device=idx.device) // k
+        self.order = torch.argsort(flat, stable=True)
+        self.rows = torch.div(self.order, self.k, rounding_mode="floor")
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(flat.numel(), device=idx.device)
+        ends = torch.cumsum(torch.bincount(flat, minlength=e), 0).tolist()
+        self.spans = [
+            (j, start, end)
+            for j, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True))
+            if end > start
+        ]
 
-    @classmethod
-    def worth_it(cls, idx: torch.Tensor, e: int, r: int) -> _Padded | None:
-        """The grid, if it beats the all-rows projection for this width and routing."""
-        if e * r < PADDED_MIN_WIDTH or not _may_read_values(idx):
-            return None
-        grid = cls(idx, e)
-        return grid if e * grid.c_max <= PAD_LIMIT * idx.numel() else None
+    def gather(self, per_token: torch.Tensor) -> torch.Tensor:
+        """`[N, w]` -> `[M, w]` in sorted order (each token once per routed expert)."""
+        return per_token.index_select(0, self.rows)
 
-    def spread(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-token `x [N, d]` -> per-slot `[E, c_max, d]`."""
-        return x.index_select(0, self.rows).view(self.e, self.c_max, -1)
+    def sort(self, per_assignment: torch.Tensor) -> torch.Tensor:
+        """`[N, k, w]` in token order -> `[M, w]` in sorted order."""
+        return per_assignment.reshape(self.n * self.k, -1).index_select(0, self.order)
 
-    def scatter(self, per_assignment: torch.Tensor) -> torch.Tensor:
-        """Per-assignment `[N*k, w]` -> per-slot `[E, c_max, w]`, zero on padding."""
-        grid = per_assignment.new_zeros(self.e * self.c_max, per_assignment.shape[-1])
-        grid[self.slot] = per_assignment
-        return grid.view(self.e, self.c_max, -1)
+    def unsort(self, per_sorted: torch.Tensor) -> torch.Tensor:
+        """`[M, w]` in sorted order -> `[N, k, w]` in token order."""
+        return per_sorted.index_select(0, self.inverse).view(self.n, self.k, -1)
 
-    def collect(self, per_slot: torch.Tensor) -> torch.Tensor:
-        """Per-slot `[E, c_max, w]` -> per-assignment `[N, k, w]`."""
-        return per_slot.reshape(self.e * self.c_max, -1).index_select(0, self.slot).view(self.n, self.k, -1)
+    def matmul(self, x: torch.Tensor, weights: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """Each expert's segment of `x [M, i]` times its `weights[j]` (`[i, o]`, or `[o, i]` transposed)."""
+        out = x.new_empty(x.shape[0], weights.shape[1 if transpose else 2])
+        for j, start, end in self.spans:
+            torch.mm(x[start:end], weights[j].t() if transpose else weights[j], out=out[start:end])
+        return out
+
+    def outer(self, x: torch.Tensor, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per expert, `x[segment]^T @ y[segment]`: a weight gradient shaped like `like [E, i, o]`."""
+        grad = torch.zeros_like(like)
+        for j, start, end in self.spans:
+            torch.mm(x[start:end].t(), y[start:end], out=grad[j])
+        return grad
 
 
 def _routed_forward(
@@ -127,12 +133,11 @@ def _routed_forward(
     """Output `[N, d]` and chosen projections `[N, k, r]` of the routed columns (compute dtype)."""
     n, k = idx.shape
     e, r, _ = a.shape
-    grid = _Padded.worth_it(idx, e, r)
-    if grid is not None:
-        z_grid = torch.bmm(grid.spread(u), a.transpose(1, 2))  # [E, c_max, r]
-        z = grid.collect(z_grid)
-        weighted = grid.scatter((z * coef.unsqueeze(-1)).reshape(n * k, r))
-        return grid.collect(torch.bmm(weighted, bt)).sum(1), z
+    if _grouped(e, r, idx):
+        seg = _Segments(idx, e)
+        z = seg.matmul(seg.gather(u), a, transpose=True)  # [M, r]
+        weighted = z * seg.sort(coef.unsqueeze(-1))
+        return seg.unsort(seg.matmul(weighted, bt, transpose=False)).sum(1), seg.unsort(z)
     gather_idx = idx.unsqueeze(-1).expand(n, k, r)
     z = (u @ a.reshape(e * r, -1).t()).view(n, e, r).gather(1, gather_idx)
     mixed = torch.zeros(n, e, r, dtype=u.dtype, device=u.device)
@@ -155,22 +160,20 @@ def _routed_backward(
     n, k = idx.shape
     e, r, d = a.shape
     grad_u = grad_a = grad_b = grad_coef = None
-    grid = _Padded.worth_it(idx, e, r)
-    if grid is not None:
-        go_grid = grid.spread(go)
+    if _grouped(e, r, idx):
+        seg = _Segments(idx, e)
+        go_s, z_s, c_s = seg.gather(go), seg.sort(z), seg.sort(coef.unsqueeze(-1))
         if need_b:
-            weighted = grid.scatter((z * coef.unsqueeze(-1)).reshape(n * k, r))
-            grad_b = torch.bmm(weighted.transpose(1, 2), go_grid)
+            grad_b = seg.outer(z_s * c_s, go_s, bt)
         if need_u or need_a or need_coef:
-            h_grid = torch.bmm(go_grid, bt.transpose(1, 2))  # dL/d(weighted z) per slot
-            h = grid.collect(h_grid)
+            h = seg.matmul(go_s, bt, transpose=True)  # dL/d(weighted z), sorted
             if need_coef:
-                grad_coef = (h * z).sum(-1)
-            dz_grid = grid.scatter((h * coef.unsqueeze(-1)).reshape(n * k, r))
+                grad_coef = seg.unsort((h * z_s).sum(-1, keepdim=True)).squeeze(-1)
+            dz = h * c_s
             if need_a:
-                grad_a = torch.bmm(dz_grid.transpose(1, 2), grid.spread(u))
+                grad_a = seg.outer(dz, seg.gather(u), a)
             if need_u:
-                grad_u = grid.collect(torch.bmm(dz_grid, a)).sum(1)
+                grad_u = seg.unsort(seg.matmul(dz, a, transpose=False)).sum(1)
         return grad_u, grad_a, grad_b, grad_coef
     gather_idx = idx.unsqueeze(-1).expand(n, k, r)
     if need_b:
@@ -210,7 +213,7 @@ class _SparseMixture(torch.autograd.Function):
     ) -> torch.Tensor:
         e = a_pool.shape[0]
         m = idx.shape[1]
-        fixed = _fixed_experts(idx)
+        fixed = _fixed_experts(idx, *a_pool.shape[:2])
         routed = [j for j, expert in enumerate(fixed) if expert is None]
         with autocast_off(u.device.type):
             u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), coef.to(cdt)
@@ -245,7 +248,7 @@ class _SparseMixture(torch.autograd.Function):
         idx = idx.long()
         scale, cdt = ctx.scale, ctx.cdt
         need_u, need_a, need_b, _, need_coef = ctx.needs_input_grad[:5]
-        fixed = _fixed_experts(idx)
+        fixed = _fixed_experts(idx, *a_pool.shape[:2])
         routed = [j for j, expert in enumerate(fixed) if expert is None]
         grad_u = grad_a = grad_b = grad_coef = None
         with autocast_off(u.device.type):

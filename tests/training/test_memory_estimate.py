@@ -7,20 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-from typer.testing import CliRunner
 
-from moc_cli.cli.app import app
 from moc_cli.config import load_run_config
-from moc_cli.testing import TINY_RECIPE, save_tiny_model, write_yaml
+from moc_cli.testing import save_tiny_model
 from moc_cli.training.memory_estimate import estimate_memory, optimizer_state_bytes
 from moc_cli.training.methods import apply_method
 from moc_cli.tuner.profiling import saved_tensor_bytes
 
 BATCH, LENGTH = 4, 16
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
 
 def _config(model_dir: Path, task: str, method: list[str]) -> dict:
@@ -96,29 +90,3 @@ def test_optimizer_state_follows_the_optimizer() -> None:
     )
     assert optimizer_state_bytes("adafactor", params)[0] == 420
     assert optimizer_state_bytes("sgd", params)[0] == 0
-
-
-def test_cli_prints_the_estimate_and_names_the_model_when_its_config_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model_dir = save_tiny_model("bert", tmp_path / "bert")
-    recipe = write_yaml(tmp_path / "recipe.yaml", {**TINY_RECIPE, "model": {"name_or_path": str(model_dir)}})
-    result = invoke("validate", str(recipe), "--estimate-memory", "training.per_device_train_batch_size=4")
-    assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines[1] == "Memory estimate (training, one process):"
-    assert [line.split()[0] for line in lines[2:7]] == [
-        "weights",
-        "gradients",
-        "optimizer",
-        "activations",
-        "total",
-    ]
-    assert "input 4 x 64" in lines[5]
-    assert lines[7].startswith("  fits: ") or "warning: the estimate exceeds" in result.stderr
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    missing = invoke("validate", str(recipe), "--estimate-memory", "model.name_or_path=nobody/no-such-model")
-    assert missing.exit_code == 2
-    assert "  - model.name_or_path: no model config found for nobody/no-such-model (" in missing.stderr
-    assert "pass a local folder written by save_pretrained, or a Hub id while online" in missing.stderr

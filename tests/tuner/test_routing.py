@@ -219,18 +219,15 @@ def _mixture_inputs(m: int, local: bool, n: int = 11, e: int = 5, r: int = 3, d:
     return u, a, bt, idx, coef
 
 
-@pytest.mark.parametrize("strategy", ["padded", "all-rows"])
+@pytest.mark.parametrize("strategy", ["per-expert", "all-rows"])
 @pytest.mark.parametrize(
     ("m", "local"), [(1, False), (2, False), (3, False), (1, True), (2, True), (3, True)]
 )
 def test_sparse_function_matches_dense_autograd(
     m: int, local: bool, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if strategy == "padded":  # tokens sorted per expert into a padded grid, whatever the width
-        monkeypatch.setattr(functional, "PADDED_MIN_WIDTH", 0)
-        monkeypatch.setattr(functional, "PAD_LIMIT", float("inf"))
-    else:  # every token projected through all E*r rows of A
-        monkeypatch.setattr(functional, "PADDED_MIN_WIDTH", 10**9)
+    # tokens sorted by expert into segments, or every token projected through all E*r rows of A
+    monkeypatch.setattr(functional, "GROUPED_MIN_WIDTH", 0 if strategy == "per-expert" else 10**9)
     u, a, bt, idx, coef = _mixture_inputs(m, local)
     outs, grads = [], []
     for fn in (sparse_mixture, dense_mixture):
@@ -252,21 +249,20 @@ def test_sparse_function_matches_dense_autograd(
     )
 
 
-def test_padded_grid_is_used_for_wide_pools_with_balanced_routing_only() -> None:
+def test_only_wide_pools_split_off_the_local_column_and_group_per_expert() -> None:
     gen = torch.Generator().manual_seed(0)
-    balanced = torch.randint(0, 30, (2048, 1), generator=gen)
-    grid = functional._Padded.worth_it(balanced, e=30, r=16)  # SmolLM2: 30 layers, r=16
-    assert grid is not None and 30 * grid.c_max <= functional.PAD_LIMIT * 2048
-    assert functional._Padded.worth_it(balanced % 6, e=6, r=16) is None  # MiniLM: E*r=96, all rows
-    collapsed = torch.zeros(2048, 1, dtype=torch.long)  # one expert takes every token: 30x padding
-    assert functional._Padded.worth_it(collapsed, e=30, r=16) is None
+    with_local = torch.cat([torch.full((2048, 1), 4), torch.randint(0, 30, (2048, 1), generator=gen)], dim=1)
+    assert functional._fixed_experts(with_local, e=30, r=16) == [4, None]  # SmolLM2: a plain matmul
+    assert functional._fixed_experts(with_local % 6, e=6, r=16) == [None, None]  # MiniLM: all rows at once
+    collapsed = torch.zeros(2048, 2, dtype=torch.long)  # every token on one expert: a fixed column too
+    assert functional._fixed_experts(collapsed, e=30, r=16) == [0, 0]
 
 
 def test_exported_sparse_mixture_follows_the_routing_of_each_input(tmp_path) -> None:
     """An exported graph must not bake in the expert grouping of the example input (ONNX export
     traces the forward: the value-dependent branches give way to the all-rows path there)."""
     ort = pytest.importorskip("onnxruntime")
-    u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=64, e=20, r=8, d=16)  # E*r=160: padded eagerly
+    u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=64, e=20, r=8, d=16)  # E*r=160: per expert eagerly
     u, a, bt, coef = (x.detach() for x in (u, a, bt, coef))
 
     class Mixture(torch.nn.Module):
@@ -286,15 +282,14 @@ def test_exported_sparse_mixture_follows_the_routing_of_each_input(tmp_path) -> 
     torch.testing.assert_close(torch.from_numpy(got), dense_mixture(u, a, bt, other, coef, 1.5))
 
 
-def test_padded_grid_maps_every_assignment_to_its_expert_and_token() -> None:
+def test_segments_sort_assignments_by_expert_and_back() -> None:
     idx = torch.tensor([[2, 0], [2, 2], [1, 0]])
-    grid = functional._Padded(idx, e=3)
-    assert grid.c_max == 3  # expert 2 serves three assignments
-    flat = idx.reshape(-1)
-    tokens = torch.arange(6) // 2
-    assert torch.equal(grid.slot // grid.c_max, flat)  # each assignment sits in its expert's row
-    assert torch.equal(grid.rows[grid.slot], tokens)  # and reads its own token
-    assert len(set(grid.slot.tolist())) == 6
+    seg = functional._Segments(idx, e=3)
+    assert seg.spans == [(0, 0, 2), (1, 2, 3), (2, 3, 6)]  # expert 2 serves three assignments
+    assert torch.equal(idx.reshape(-1)[seg.order], torch.tensor([0, 0, 1, 2, 2, 2]))
+    assert torch.equal(seg.rows, torch.tensor([0, 2, 2, 0, 1, 1]))  # the token of each sorted assignment
+    per_assignment = torch.arange(6.0).view(3, 2, 1)
+    assert torch.equal(seg.unsort(seg.sort(per_assignment)), per_assignment)
 
 
 def test_expert_compute_modes_agree_and_options() -> None:

@@ -1,0 +1,216 @@
+"""Expert-mixture kernel timings: how the sparse function's strategies and the dense one scale with E.
+
+One MoC site in isolation (`moc_cli.tuner.functional`): N tokens of width d, a pool of E experts of
+rank r, the local control plus a top-1 pick per token. For each shape the strategies run
+interleaved, round by round, in one process, so their ratios share the machine's state; before
+timing, every strategy's output and gradients are checked against the dense reference (float32
+sums over thousands of tokens in another order: 1e-3 tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_JSON = "kernels.json"
+RESULTS_MD = "kernels.md"
+
+
+@dataclass(frozen=True)
+class Shape:
+    label: str
+    tokens: int
+    width: int
+    experts: int
+    rank: int
+    skewed: bool = False  # every routed pick among 2 experts (as with an untrained router)
+
+
+# Widths and depths of the packaged models (MiniLM-L6: d 384, 6 layers; SmolLM2-135M: d 576,
+# 30 layers), of BERT-base and of a 24-layer d=2048 decoder; N = batch 16 x 128 or 4 x 128 tokens.
+DEFAULT_SHAPES = (
+    Shape("MiniLM-L6, 16x128", 2048, 384, 6, 16),
+    Shape("BERT-base, 16x128", 2048, 768, 12, 16),
+    Shape("SmolLM2-135M, 16x128", 2048, 576, 30, 16),
+    Shape("SmolLM2-135M, 4x128", 512, 576, 30, 16),
+    Shape("SmolLM2-135M, 16x128, skewed routing", 2048, 576, 30, 16, skewed=True),
+    Shape("24 layers, d 2048, 8x128", 1024, 2048, 24, 16),
+    Shape("SmolLM2-135M, decoding 8 sequences", 8, 576, 30, 16),
+)
+
+# name -> GROUPED_MIN_WIDTH forced for the sparse function (None: the module's own rule), or
+# "dense" for plain autograd
+STRATEGIES: dict[str, float | str | None] = {
+    "sparse (default rule)": None,
+    "sparse, all rows": float("inf"),
+    "sparse, per expert": 0,
+    "dense": "dense",
+}
+
+
+@contextmanager
+def _strategy(name: str) -> Iterator[Callable[..., Any]]:
+    from moc_cli.tuner import functional
+
+    setting = STRATEGIES[name]
+    if setting == "dense":
+        yield functional.dense_mixture
+        return
+    saved = functional.GROUPED_MIN_WIDTH
+    if setting is not None:
+        functional.GROUPED_MIN_WIDTH = setting  # type: ignore[assignment]
+    try:
+        yield functional.sparse_mixture
+    finally:
+        functional.GROUPED_MIN_WIDTH = saved
+
+
+def _inputs(shape: Shape, seed: int = 0) -> tuple[Any, ...]:
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    n, d, e, r = shape.tokens, shape.width, shape.experts, shape.rank
+    u = torch.randn(n, d, generator=gen).requires_grad_()
+    a = (torch.randn(e, r, d, generator=gen) * d**-0.5).requires_grad_()
+    bt = (torch.randn(e, r, d, generator=gen) * r**-0.5).requires_grad_()
+    picks = torch.randint(0, 2 if shape.skewed else e, (n, 1), generator=gen)
+    idx = torch.cat([torch.full((n, 1), e // 2), picks], dim=1)
+    coef = torch.rand(n, 2, generator=gen).requires_grad_()
+    return u, a, bt, idx, coef
+
+
+def _run(fn: Callable[..., Any], inputs: tuple[Any, ...], backward: bool) -> tuple[Any, ...]:
+    import torch
+
+    u, a, bt, idx, coef = inputs
+    if not backward:
+        with torch.no_grad():
+            return (fn(u, a, bt, idx, coef, 2.0),)
+    out = fn(u, a, bt, idx, coef, 2.0)
+    grads = torch.autograd.grad(out, (u, a, bt, coef), torch.ones_like(out))
+    return (out.detach(), *grads)
+
+
+def check_agreement(shape: Shape) -> None:
+    """Every strategy gives the dense reference's output and gradients (raises otherwise)."""
+    import torch
+
+    inputs = _inputs(shape)
+    with _strategy("dense") as dense:
+        want = _run(dense, inputs, backward=True)
+    for name in STRATEGIES:
+        with _strategy(name) as fn:
+            got = _run(fn, inputs, backward=True)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def time_shape(shape: Shape, repeats: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms of forward+backward (`train`) and no-grad forward (`infer`) per strategy."""
+    inputs = _inputs(shape)
+    samples: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in STRATEGIES}
+    for _ in range(rounds):
+        for name in STRATEGIES:
+            with _strategy(name) as fn:
+                for kind, backward in (("train", True), ("infer", False)):
+                    _run(fn, inputs, backward)  # warm-up
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        _run(fn, inputs, backward)
+                        samples[name][kind].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: {kind: sorted(v)[len(v) // 2] for kind, v in kinds.items()} for name, kinds in samples.items()
+    }
+
+
+def run_kernel_benchmark(
+    shapes: Sequence[Shape],
+    repeats: int,
+    rounds: int,
+    threads: int,
+    output_dir: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Check, time, and write `kernels.json` and `kernels.md` (replacing earlier results)."""
+    import torch
+
+    from moc_cli.bench.efficiency import machine_info
+
+    torch.set_num_threads(threads)
+    machine = machine_info(threads)
+    started = time.time()
+    rows = []
+    for shape in shapes:
+        check_agreement(shape)
+        medians = time_shape(shape, repeats, rounds)
+        rows.append({"shape": asdict(shape), "ms": medians})
+        log(
+            f"{shape.label}: "
+            + ", ".join(f"{n} {m['train']:.1f}/{m['infer']:.1f} ms" for n, m in medians.items())
+        )
+    machine["load_average_end"] = list(os.getloadavg())
+    record = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(started)),
+        "wall_time_s": round(time.time() - started, 1),
+        "repeats": repeats,
+        "rounds": rounds,
+        "machine": machine,
+        "rows": rows,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULTS_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    md = output_dir / RESULTS_MD
+    md.write_text(kernel_report(record), encoding="utf-8")
+    return md
+
+
+def kernel_report(record: dict[str, Any]) -> str:
+    from moc_cli.tuner import functional
+
+    m = record["machine"]
+    lines = [
+        "# Expert-mixture kernel benchmark",
+        "",
+        "Generated by `benchmarks/kernels.py` (library: `moc_cli/bench/kernels.py`) from `kernels.json`;",
+        "do not edit by hand. One MoC site: N tokens of width d, E experts of rank r, the local control",
+        "plus a top-1 pick per token (uniform, or among 2 experts for *skewed*). Median milliseconds of",
+        "forward + backward / no-grad forward; × = ratio to `sparse, all rows` in the same run.",
+        f"The default rule computes routed columns per expert when E·r ≥ {functional.GROUPED_MIN_WIDTH}, else through",
+        "all E·r rows at once.",
+        "",
+        f"- command: `{record['command']}`",
+        f"- date: {record['date']}; wall time {record['wall_time_s']:.0f} s",
+        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; torch threads {m['torch_threads']}",
+        f"- versions: Python {m['python']}, torch {m['torch']}",
+        f"- {record['repeats']} timed repeats per strategy and round, {record['rounds']} rounds; load average "
+        f"(1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in m['load_average_start'])}, at end "
+        f"{'/'.join(f'{x:.2f}' for x in m['load_average_end'])}",
+        "",
+    ]
+    lines += ["Forward + backward:", "", *_table(record["rows"], "train"), ""]
+    lines += ["No-grad forward:", "", *_table(record["rows"], "infer")]
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[dict[str, Any]], kind: str) -> list[str]:
+    names = list(STRATEGIES)
+    out = [
+        "| shape | N | d | E | r | " + " | ".join(f"{n} (ms) | ×" for n in names) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|---:|" * len(names),
+    ]
+    for row in rows:
+        s, ms = row["shape"], row["ms"]
+        base = ms["sparse, all rows"][kind]
+        cells = " | ".join(f"{ms[n][kind]:.1f} | {ms[n][kind] / base:.2f}" for n in names)
+        out.append(
+            f"| {s['label']} | {s['tokens']} | {s['width']} | {s['experts']} | {s['rank']} | {cells} |"
+        )
+    return out

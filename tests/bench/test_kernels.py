@@ -1,0 +1,45 @@
+"""The kernel benchmark on tiny shapes: strategies checked against dense, report rows and ratios."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moc_cli.bench.kernels import STRATEGIES, Shape, check_agreement, run_kernel_benchmark
+from moc_cli.tuner import functional
+
+SHAPES = (
+    Shape("narrow", 64, 16, 3, 4),
+    Shape("wide", 64, 16, 20, 8),
+    Shape("wide, skewed", 64, 16, 20, 8, True),
+)
+
+
+def test_writes_every_strategy_with_ratios_to_all_rows(tmp_path: Path) -> None:
+    lines: list[str] = []
+    md = run_kernel_benchmark(
+        SHAPES, repeats=1, rounds=1, threads=1, output_dir=tmp_path, command="cmd", log=lines.append
+    )
+    record = json.loads((tmp_path / "kernels.json").read_text(encoding="utf-8"))
+    assert [row["shape"]["label"] for row in record["rows"]] == ["narrow", "wide", "wide, skewed"]
+    for row in record["rows"]:
+        assert set(row["ms"]) == set(STRATEGIES)
+        assert all(v[kind] > 0 for v in row["ms"].values() for kind in ("train", "infer"))
+    text = md.read_text(encoding="utf-8")
+    assert "- command: `cmd`" in text
+    assert text.count("| narrow | 64 | 16 | 3 | 4 | ") == 2  # forward+backward and no-grad tables
+    wide = record["rows"][1]["ms"]
+    ratio = wide["dense"]["train"] / wide["sparse, all rows"]["train"]
+    assert f"{wide['dense']['train']:.1f} | {ratio:.2f} |" in text
+    assert len(lines) == 3
+    # the module's settings are restored after each strategy
+    assert functional.GROUPED_MIN_WIDTH == 160
+
+
+def test_a_wrong_strategy_fails_the_agreement_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = functional.dense_mixture
+    monkeypatch.setattr(functional, "sparse_mixture", lambda *x: real(*x) * 1.01)
+    with pytest.raises(AssertionError, match="sparse \\(default rule\\)"):
+        check_agreement(SHAPES[1])
