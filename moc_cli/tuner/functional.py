@@ -63,17 +63,8 @@ def _may_read_values(idx: torch.Tensor) -> bool:
     return not (idx.device.type == "meta" or torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
-def _grouped(e: int, r: int, idx: torch.Tensor) -> bool:
-    return e * r >= GROUPED_MIN_WIDTH and _may_read_values(idx)
-
-
-def _fixed_experts(idx: torch.Tensor, e: int, r: int) -> list[int | None]:
-    """Per column of `idx`: the expert when every token uses the same one, else None.
-
-    Narrow pools report none: their all-rows projection already covers a fixed column for free.
-    """
-    if not _grouped(e, r, idx):
-        return [None] * idx.shape[1]
+def _fixed_experts(idx: torch.Tensor) -> list[int | None]:
+    """Per column of `idx`: the expert when every token uses the same one, else None."""
     fixed: list[int | None] = []
     for j in range(idx.shape[1]):
         col = idx[:, j]
@@ -83,14 +74,21 @@ def _fixed_experts(idx: torch.Tensor, e: int, r: int) -> list[int | None]:
 
 
 class _Segments:
-    """Routed assignments `[N, k]` sorted by expert: expert j owns sorted positions
-    `[start_j, end_j)`; `rows` is the token of each sorted assignment."""
+    """Assignments `[N, k]` sorted by expert: expert j owns sorted positions `[start_j, end_j)`.
 
-    def __init__(self, idx: torch.Tensor, e: int) -> None:
+    With `expert` given (k = 1, every token uses that expert) the sorted order is the token order,
+    so gathers and scatters are skipped.
+    """
+
+    def __init__(self, idx: torch.Tensor, e: int, expert: int | None = None) -> None:
         self.n, self.k = idx.shape
+        self.order = self.rows = self.inverse = None
+        if expert is not None:
+            self.spans = [(expert, 0, self.n)]
+            return
         flat = idx.reshape(-1)
         self.order = torch.argsort(flat, stable=True)
-        self.rows = torch.div(self.order, self.k, rounding_mode="floor")
+        self.rows = torch.div(self.order, self.k, rounding_mode="floor")  # token of each sorted assignment
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(flat.numel(), device=idx.device)
         ends = torch.cumsum(torch.bincount(flat, minlength=e), 0).tolist()
@@ -101,16 +99,18 @@ class _Segments:
         ]
 
     def gather(self, per_token: torch.Tensor) -> torch.Tensor:
-        """`[N, w]` -> `[M, w]` in sorted order (each token once per routed expert)."""
-        return per_token.index_select(0, self.rows)
+        """`[N, w]` -> `[M, w]` in sorted order (each token once per assignment)."""
+        return per_token if self.rows is None else per_token.index_select(0, self.rows)
 
     def sort(self, per_assignment: torch.Tensor) -> torch.Tensor:
         """`[N, k, w]` in token order -> `[M, w]` in sorted order."""
-        return per_assignment.reshape(self.n * self.k, -1).index_select(0, self.order)
+        flat = per_assignment.reshape(self.n * self.k, -1)
+        return flat if self.order is None else flat.index_select(0, self.order)
 
     def unsort(self, per_sorted: torch.Tensor) -> torch.Tensor:
         """`[M, w]` in sorted order -> `[N, k, w]` in token order."""
-        return per_sorted.index_select(0, self.inverse).view(self.n, self.k, -1)
+        flat = per_sorted if self.inverse is None else per_sorted.index_select(0, self.inverse)
+        return flat.view(self.n, self.k, -1)
 
     def matmul(self, x: torch.Tensor, weights: torch.Tensor, transpose: bool) -> torch.Tensor:
         """Each expert's segment of `x [M, i]` times its `weights[j]` (`[i, o]`, or `[o, i]` transposed)."""
@@ -119,25 +119,52 @@ class _Segments:
             torch.mm(x[start:end], weights[j].t() if transpose else weights[j], out=out[start:end])
         return out
 
-    def outer(self, x: torch.Tensor, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Per expert, `x[segment]^T @ y[segment]`: a weight gradient shaped like `like [E, i, o]`."""
-        grad = torch.zeros_like(like)
+    def add_outer(self, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> None:
+        """Per expert, `grad[j] += x[segment]^T @ y[segment]` (a weight gradient `[E, i, o]`)."""
         for j, start, end in self.spans:
-            torch.mm(x[start:end].t(), y[start:end], out=grad[j])
-        return grad
+            grad[j].addmm_(x[start:end].t(), y[start:end])
 
 
-def _routed_forward(
-    u: torch.Tensor, a: torch.Tensor, bt: torch.Tensor, idx: torch.Tensor, coef: torch.Tensor
+def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segments | None]]:
+    """Groups of columns of `idx` computed together, each with its expert segments (None: the
+    all-rows projection).
+
+    Narrow pools, and inputs whose values may not be read, are one all-rows group. Wide pools give
+    each column where every token uses one expert (the local control) a group of its own, a plain
+    matmul, and sort the routed columns together by expert.
+    """
+    m = idx.shape[1]
+    if e * r < GROUPED_MIN_WIDTH or not _may_read_values(idx):
+        return [(list(range(m)), None)]
+    fixed = _fixed_experts(idx)
+    layouts = [
+        ([j], _Segments(idx[:, j : j + 1], e, expert)) for j, expert in enumerate(fixed) if expert is not None
+    ]
+    routed = [j for j, expert in enumerate(fixed) if expert is None]
+    if routed:
+        layouts.append((routed, _Segments(idx[:, routed], e)))
+    return layouts
+
+
+def _columns(x: torch.Tensor, cols: list[int]) -> torch.Tensor:
+    return x if len(cols) == x.shape[1] else x[:, cols]
+
+
+def _group_forward(
+    u: torch.Tensor,
+    a: torch.Tensor,
+    bt: torch.Tensor,
+    idx: torch.Tensor,
+    coef: torch.Tensor,
+    seg: _Segments | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output `[N, d]` and chosen projections `[N, k, r]` of the routed columns (compute dtype)."""
-    n, k = idx.shape
-    e, r, _ = a.shape
-    if _grouped(e, r, idx):
-        seg = _Segments(idx, e)
+    """Output `[N, d]` and chosen projections `[N, k, r]` of one column group (compute dtype)."""
+    if seg is not None:
         z = seg.matmul(seg.gather(u), a, transpose=True)  # [M, r]
         weighted = z * seg.sort(coef.unsqueeze(-1))
         return seg.unsort(seg.matmul(weighted, bt, transpose=False)).sum(1), seg.unsort(z)
+    n, k = idx.shape
+    e, r, _ = a.shape
     gather_idx = idx.unsqueeze(-1).expand(n, k, r)
     z = (u @ a.reshape(e * r, -1).t()).view(n, e, r).gather(1, gather_idx)
     mixed = torch.zeros(n, e, r, dtype=u.dtype, device=u.device)
@@ -145,7 +172,7 @@ def _routed_forward(
     return mixed.view(n, e * r) @ bt.reshape(e * r, -1), z
 
 
-def _routed_backward(
+def _group_backward(
     go: torch.Tensor,
     u: torch.Tensor,
     a: torch.Tensor,
@@ -153,44 +180,46 @@ def _routed_backward(
     idx: torch.Tensor,
     coef: torch.Tensor,
     z: torch.Tensor,
-    need: tuple[bool, bool, bool, bool],
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients (u, A, Bt, coef) of the routed columns, given dL/d(out) `go` (compute dtype)."""
-    need_u, need_a, need_b, need_coef = need
-    n, k = idx.shape
-    e, r, d = a.shape
-    grad_u = grad_a = grad_b = grad_coef = None
-    if _grouped(e, r, idx):
-        seg = _Segments(idx, e)
+    seg: _Segments | None,
+    grad_a: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+    need: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients (u, coef) of one column group given dL/d(out) `go`; adds into `grad_a`, `grad_b`."""
+    need_u, need_coef = need
+    grad_u = grad_coef = None
+    if seg is not None:
         go_s, z_s, c_s = seg.gather(go), seg.sort(z), seg.sort(coef.unsqueeze(-1))
-        if need_b:
-            grad_b = seg.outer(z_s * c_s, go_s, bt)
-        if need_u or need_a or need_coef:
+        if grad_b is not None:
+            seg.add_outer(z_s * c_s, go_s, grad_b)
+        if need_u or need_coef or grad_a is not None:
             h = seg.matmul(go_s, bt, transpose=True)  # dL/d(weighted z), sorted
             if need_coef:
                 grad_coef = seg.unsort((h * z_s).sum(-1, keepdim=True)).squeeze(-1)
             dz = h * c_s
-            if need_a:
-                grad_a = seg.outer(dz, seg.gather(u), a)
+            if grad_a is not None:
+                seg.add_outer(dz, seg.gather(u), grad_a)
             if need_u:
                 grad_u = seg.unsort(seg.matmul(dz, a, transpose=False)).sum(1)
-        return grad_u, grad_a, grad_b, grad_coef
+        return grad_u, grad_coef
+    n, k = idx.shape
+    e, r, d = a.shape
     gather_idx = idx.unsqueeze(-1).expand(n, k, r)
-    if need_b:
+    if grad_b is not None:
         mixed = torch.zeros(n, e, r, dtype=go.dtype, device=go.device)
         mixed.scatter_add_(1, gather_idx, z * coef.unsqueeze(-1))
-        grad_b = (mixed.view(n, e * r).t() @ go).view(e, r, d)
-    if need_u or need_a or need_coef:
+        grad_b += (mixed.view(n, e * r).t() @ go).view(e, r, d)
+    if need_u or need_coef or grad_a is not None:
         h = (go @ bt.reshape(e * r, d).t()).view(n, e, r).gather(1, gather_idx)
         if need_coef:
             grad_coef = (h * z).sum(-1)
         dz = torch.zeros(n, e, r, dtype=go.dtype, device=go.device)
         dz.scatter_add_(1, gather_idx, h * coef.unsqueeze(-1))
-        if need_a:
-            grad_a = (dz.view(n, e * r).t() @ u).view(e, r, d)
+        if grad_a is not None:
+            grad_a += (dz.view(n, e * r).t() @ u).view(e, r, d)
         if need_u:
             grad_u = dz.view(n, e * r) @ a.reshape(e * r, d)
-    return grad_u, grad_a, grad_b, grad_coef
+    return grad_u, grad_coef
 
 
 def _add(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
@@ -211,25 +240,18 @@ class _SparseMixture(torch.autograd.Function):
         scale: float,
         cdt: torch.dtype,
     ) -> torch.Tensor:
-        e = a_pool.shape[0]
-        m = idx.shape[1]
-        fixed = _fixed_experts(idx, *a_pool.shape[:2])
-        routed = [j for j, expert in enumerate(fixed) if expert is None]
+        e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
             u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), coef.to(cdt)
             # built out of place: the ONNX exporter traces this forward and mistranslates writes
             # into slices of an uninitialised buffer
             z_cols: dict[int, torch.Tensor] = {}
             out: torch.Tensor | None = None
-            for j, expert in enumerate(fixed):
-                if expert is not None:
-                    z_cols[j] = u_c @ a_c[expert].t()
-                    out = _add(out, (z_cols[j] * coef_c[:, j : j + 1]) @ bt_c[expert])
-            if routed:
-                part, z_routed = _routed_forward(u_c, a_c, bt_c, idx[:, routed], coef_c[:, routed])
-                z_cols.update((j, z_routed[:, i]) for i, j in enumerate(routed))
+            for cols, seg in _layouts(idx, e, r):
+                part, z = _group_forward(u_c, a_c, bt_c, _columns(idx, cols), _columns(coef_c, cols), seg)
+                z_cols.update((j, z[:, i]) for i, j in enumerate(cols))
                 out = _add(out, part)
-            z_sel = torch.stack([z_cols[j] for j in range(m)], dim=1)
+            z_sel = torch.stack([z_cols[j] for j in range(idx.shape[1])], dim=1)
             assert out is not None
             if scale != 1.0:
                 out = out * scale
@@ -248,47 +270,33 @@ class _SparseMixture(torch.autograd.Function):
         idx = idx.long()
         scale, cdt = ctx.scale, ctx.cdt
         need_u, need_a, need_b, _, need_coef = ctx.needs_input_grad[:5]
-        fixed = _fixed_experts(idx, *a_pool.shape[:2])
-        routed = [j for j, expert in enumerate(fixed) if expert is None]
-        grad_u = grad_a = grad_b = grad_coef = None
+        e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
             go = grad_out.to(cdt)
             if scale != 1.0:
                 go = go * scale
             u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), coef.to(cdt)
-            if need_a:
-                grad_a = torch.zeros_like(a_c)
-            if need_b:
-                grad_b = torch.zeros_like(bt_c)
-            if need_coef:
-                grad_coef = torch.zeros_like(coef_c)
-            for j, expert in enumerate(fixed):
-                if expert is None:
-                    continue
-                z, c = z_sel[:, j], coef_c[:, j : j + 1]
-                if need_b:
-                    grad_b[expert] += (z * c).t() @ go
-                if need_u or need_a or need_coef:
-                    h = go @ bt_c[expert].t()
-                    if need_coef:
-                        grad_coef[:, j] = (h * z).sum(-1)
-                    dz = h * c
-                    if need_a:
-                        grad_a[expert] += dz.t() @ u_c
-                    if need_u:
-                        grad_u = _add(grad_u, dz @ a_c[expert])
-            if routed:
-                need = (need_u, need_a, need_b, need_coef)
-                parts = _routed_backward(
-                    go, u_c, a_c, bt_c, idx[:, routed], coef_c[:, routed], z_sel[:, routed], need
+            grad_a = torch.zeros_like(a_c) if need_a else None
+            grad_b = torch.zeros_like(bt_c) if need_b else None
+            grad_coef = torch.empty_like(coef_c) if need_coef else None
+            grad_u = None
+            for cols, seg in _layouts(idx, e, r):
+                part_u, part_coef = _group_backward(
+                    go,
+                    u_c,
+                    a_c,
+                    bt_c,
+                    _columns(idx, cols),
+                    _columns(coef_c, cols),
+                    _columns(z_sel, cols),
+                    seg,
+                    grad_a,
+                    grad_b,
+                    (need_u, need_coef),
                 )
-                grad_u = _add(grad_u, parts[0])
-                if need_a:
-                    grad_a += parts[1]
-                if need_b:
-                    grad_b += parts[2]
-                if need_coef:
-                    grad_coef[:, routed] = parts[3]
+                grad_u = _add(grad_u, part_u)
+                if grad_coef is not None:
+                    grad_coef[:, cols] = part_coef
 
         def back(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
             return None if grad is None else grad.to(like.dtype)

@@ -252,10 +252,15 @@ def test_sparse_function_matches_dense_autograd(
 def test_only_wide_pools_split_off_the_local_column_and_group_per_expert() -> None:
     gen = torch.Generator().manual_seed(0)
     with_local = torch.cat([torch.full((2048, 1), 4), torch.randint(0, 30, (2048, 1), generator=gen)], dim=1)
-    assert functional._fixed_experts(with_local, e=30, r=16) == [4, None]  # SmolLM2: a plain matmul
-    assert functional._fixed_experts(with_local % 6, e=6, r=16) == [None, None]  # MiniLM: all rows at once
+    (local, local_seg), (routed, routed_seg) = functional._layouts(with_local, e=30, r=16)  # SmolLM2
+    assert (local, local_seg.spans, local_seg.rows) == ([0], [(4, 0, 2048)], None)  # a plain matmul
+    assert routed == [1] and routed_seg is not None and routed_seg.rows is not None  # sorted by expert
+    assert functional._layouts(with_local % 6, e=6, r=16) == [([0, 1], None)]  # MiniLM: all rows at once
     collapsed = torch.zeros(2048, 2, dtype=torch.long)  # every token on one expert: a fixed column too
-    assert functional._fixed_experts(collapsed, e=30, r=16) == [0, 0]
+    assert [(cols, seg.spans) for cols, seg in functional._layouts(collapsed, e=30, r=16)] == [
+        ([0], [(0, 0, 2048)]),
+        ([1], [(0, 0, 2048)]),
+    ]
 
 
 def test_exported_sparse_mixture_follows_the_routing_of_each_input(tmp_path) -> None:
