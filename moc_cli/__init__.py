@@ -43,15 +43,24 @@ def _register_with_peft() -> None:
 
 
 class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
-    """Finds `peft` through the normal finders and runs `_register_with_peft` once it has loaded."""
+    """Finds `peft` through the normal finders and runs `_register_with_peft` once it has loaded.
+
+    It stays installed until peft is really executed: `importlib.util.find_spec("peft")` alone (as
+    transformers' availability checks do) must not use it up.
+    """
+
+    searching = False
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "peft":
+        if fullname != "peft" or self.searching:
             return None
-        sys.meta_path.remove(self)  # one shot, and no recursion into this finder below
-        spec = importlib.util.find_spec(fullname)
+        self.searching = True  # the lookup below goes through sys.meta_path again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.searching = False
         loader = spec.loader if spec is not None else None
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
@@ -59,6 +68,8 @@ class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: ModuleType) -> None:
             exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             _register_with_peft()
 
         loader.exec_module = exec_then_register  # type: ignore[method-assign]

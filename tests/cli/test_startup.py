@@ -29,6 +29,8 @@ def test_the_package_and_the_cli_app_import_without_torch_or_peft() -> None:
         "import peft; import moc_cli",  # peft first: registered at once
         "import moc_cli; from moc_cli import MocConfig",  # peft pulled in by the tuner's own import
         "import moc_cli; from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING",  # a peft submodule first
+        # an availability check (transformers does this) looks peft up without loading it
+        "import moc_cli, importlib.util; importlib.util.find_spec('peft'); import peft",
     ],
 )
 def test_moc_and_molex_are_registered_with_peft_whatever_the_import_order(imports: str) -> None:
