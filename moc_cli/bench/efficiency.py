@@ -9,7 +9,10 @@ For one model, batch size and sequence length, every method is built through the
   training (model already built), measured per method in a fresh subprocess so that methods do not
   share an allocator (glibc is told to return large blocks to the OS so RSS tracks live memory);
 - **step time**: median of forward + backward + optimizer step, after warm-up, with all methods
-  interleaved round by round so that machine-load drift hits every method alike.
+  interleaved round by round so that machine-load drift hits every method alike. Each MoC variant
+  is timed right after its same-site Control and every other round runs in reverse order (ABBA),
+  and time ratios are the median over rounds of the ratio within a round, so slow drift of a
+  shared machine cancels out of the comparison instead of landing on whichever method ran later.
 """
 
 from __future__ import annotations
@@ -159,6 +162,37 @@ def saved_bytes_of_step(model: Any, batch: dict[str, Any]) -> int:
     return int(measured.total_bytes)
 
 
+def timing_order(methods: Sequence[str]) -> list[str]:
+    """`methods` with every MoC variant moved right after its same-site Control (when both are
+    timed), so that the two are measured minutes apart at most."""
+    order: list[str] = []
+    for method in methods:
+        control = SAME_SITE_CONTROL.get(method)
+        group = [method]
+        if control in methods:
+            group = [control, *(m for m in methods if SAME_SITE_CONTROL.get(m) == control)]
+        order += [m for m in group if m not in order]
+    return order
+
+
+def round_medians(step_times: Sequence[float], rounds: int) -> list[float]:
+    """Median step time of each round (the timed steps of one round are stored contiguously)."""
+    per_round = len(step_times) // rounds
+    return [statistics.median(step_times[i * per_round : (i + 1) * per_round]) for i in range(rounds)]
+
+
+def paired_time_ratio(row: dict[str, Any], reference: dict[str, Any], rounds: int) -> float | None:
+    """Median over rounds of (row's round median / reference's round median): both were timed in
+    the same round, so machine drift between rounds divides out."""
+    if not row["step_times"] or not reference["step_times"]:
+        return None
+    pairs = zip(
+        round_medians(row["step_times"], rounds), round_medians(reference["step_times"], rounds), strict=True
+    )
+    ratios = [a / b for a, b in pairs]
+    return statistics.median(ratios)
+
+
 def _sync(device_type: str) -> None:
     if device_type == "cuda":
         import torch
@@ -183,8 +217,9 @@ def measure_in_process(
     results = {m: MethodResult(m) for m in methods}
     if steps == 0:
         rounds, warmup = 1, 0  # no timing: only parameters and saved bytes
+    order = timing_order(methods)
     for round_index in range(rounds):
-        for method in methods:
+        for method in order if round_index % 2 == 0 else order[::-1]:
             model = build_model(bench_model, method).to(device)
             res = results[method]
             batch = make_batch(model, bench_model.kind, batch_size, seq_len)
@@ -403,12 +438,10 @@ def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
                 "params_vs_control": ratio(r["trainable_params"], ref["trainable_params"]),
                 "saved_vs_control": ratio(r["saved_bytes"], ref["saved_bytes"]),
                 "peak_vs_control": ratio(r["peak_bytes"], ref["peak_bytes"]),
-                "time_vs_control": ratio(r["median_step_s"], ref["median_step_s"]),
+                "time_vs_control": paired_time_ratio(r, ref, run["rounds"]),
                 "same_site_control": same_site if site_ref else None,
                 "saved_vs_same_site": ratio(r["saved_bytes"], site_ref["saved_bytes"]) if site_ref else None,
-                "time_vs_same_site": ratio(r["median_step_s"], site_ref["median_step_s"])
-                if site_ref
-                else None,
+                "time_vs_same_site": paired_time_ratio(r, site_ref, run["rounds"]) if site_ref else None,
             }
         )
     return out

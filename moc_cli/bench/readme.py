@@ -47,6 +47,7 @@ def _ratio(value: float | None, reference: float | None, spec: str = ".3f") -> s
 
 
 def efficiency_block(runs: list[dict[str, Any]]) -> str:
+    from moc_cli.bench.efficiency import paired_time_ratio
     from moc_cli.bench.methods import SAME_SITE_CONTROL
 
     run = _headline_run(runs)
@@ -72,7 +73,7 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
             f"| {_ratio(r['saved_bytes'], ref['saved_bytes'])} "
             f"| {_fmt(r['peak_bytes'] / MIB if r['peak_bytes'] else None, '.0f')} MiB "
             f"| {_ratio(r['peak_bytes'], ref['peak_bytes'])} "
-            f"| {_fmt(r['median_step_s'], '.2f')} s | {_ratio(r['median_step_s'], ref['median_step_s'], '.2f')} |"
+            f"| {_fmt(r['median_step_s'], '.2f')} s | {_fmt(paired_time_ratio(r, ref, run['rounds']), '.2f')} |"
         )
     if timed and _loaded(run):
         lines += [

@@ -15,10 +15,12 @@ from moc_cli.bench.efficiency import (
     make_batch,
     measure_rss_subprocess,
     merge_runs,
+    paired_time_ratio,
     resolve_benchmark_model,
     run_efficiency,
     run_efficiency_benchmark,
     saved_bytes_of_step,
+    timing_order,
     with_ratios,
 )
 
@@ -55,6 +57,51 @@ def test_every_figure_is_positive_and_control_ratio_is_one(run: dict) -> None:
     assert control["peak_vs_control"] is None  # peak RSS not measured in this run
     assert rows["moc-both-shared"]["same_site_control"] is None  # control-both was not measured
     assert rows["molex"]["saved_vs_control"] == rows["molex"]["saved_bytes"] / control["saved_bytes"]
+
+
+def test_each_moc_variant_is_timed_right_after_its_same_site_control() -> None:
+    from moc_cli.bench.methods import METHOD_NAMES
+
+    assert timing_order(METHOD_NAMES) == [
+        "control", "moc-ffn", "control-attn", "moc-attn",
+        "control-both", "moc-both-separate", "moc-both-shared",
+        "lora-qv", "lora-all", "dora", "ia3", "full", "molex",
+    ]  # fmt: skip
+    # Without its Control a variant keeps its place; nothing is added or lost.
+    assert timing_order(["moc-attn", "control", "moc-ffn", "ia3"]) == [
+        "moc-attn",
+        "control",
+        "moc-ffn",
+        "ia3",
+    ]
+
+
+def test_time_ratios_pair_the_methods_round_by_round() -> None:
+    # Round 2 ran on a machine twice as slow: pooled medians would mix the rounds, the paired
+    # ratio sees 1.1 in both.
+    control = {"step_times": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]}
+    moc = {"step_times": [1.1, 1.0, 1.2, 2.2, 2.2, 2.3]}
+    assert paired_time_ratio(moc, control, rounds=2) == pytest.approx(1.1)
+    assert paired_time_ratio(moc, control, rounds=1) == pytest.approx(1.7 / 1.5)
+    assert paired_time_ratio({"step_times": []}, control, rounds=2) is None
+
+
+def test_rounds_alternate_direction(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import moc_cli.bench.efficiency as efficiency
+
+    built: list[str] = []
+    real_build = efficiency.build_model
+
+    def recording_build(bench_model, method, seed=0):  # type: ignore[no-untyped-def]
+        built.append(method)
+        return real_build(bench_model, method, seed)
+
+    monkeypatch.setattr(efficiency, "build_model", recording_build)
+    efficiency.measure_in_process(
+        resolve_benchmark_model(str(tiny_bert_dir)), ["moc-ffn", "control", "ia3"],
+        batch_size=1, seq_len=4, steps=1, warmup=0, rounds=3, log=lambda _m: None,
+    )  # fmt: skip
+    assert built == ["control", "moc-ffn", "ia3", "ia3", "moc-ffn", "control", "control", "moc-ffn", "ia3"]
 
 
 def test_trainable_parameter_counts_match_the_method_definitions(run: dict) -> None:
