@@ -25,9 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the strategies")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only regenerate kernels.md from the stored kernels.json"
+    )
     args = parser.parse_args(argv)
 
-    from moc_cli.bench.kernels import DEFAULT_SHAPES, run_kernel_benchmark
+    from moc_cli.bench.kernels import DEFAULT_SHAPES, rewrite_kernel_report, run_kernel_benchmark
+
+    if args.report_only:
+        print(f"wrote {rewrite_kernel_report(args.output_dir)}")
+        return 0
 
     command = "python benchmarks/kernels.py" + "".join(f" {shlex.quote(a)}" for a in argv)
     report = run_kernel_benchmark(

@@ -167,6 +167,12 @@ def run_kernel_benchmark(
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / RESULTS_JSON).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return rewrite_kernel_report(output_dir)
+
+
+def rewrite_kernel_report(output_dir: Path) -> Path:
+    """Regenerate `kernels.md` from the stored `kernels.json`."""
+    record = json.loads((output_dir / RESULTS_JSON).read_text(encoding="utf-8"))
     md = output_dir / RESULTS_MD
     md.write_text(kernel_report(record), encoding="utf-8")
     return md
@@ -184,7 +190,8 @@ def kernel_report(record: dict[str, Any]) -> str:
         "plus a top-1 pick per token (uniform, or among 2 experts for *skewed*). Median milliseconds of",
         "forward + backward / no-grad forward; × = ratio to `sparse, all rows` in the same run.",
         f"The default rule computes routed columns per expert when E·r ≥ {functional.GROUPED_MIN_WIDTH}, else through",
-        "all E·r rows at once.",
+        'all E·r rows at once. Under no grad, `expert_compute="auto"` runs the strategy in the last',
+        "column: the sparse function (default rule) for wide pools with a few tokens per expert, else dense.",
         "",
         f"- command: `{record['command']}`",
         f"- date: {record['date']}; wall time {record['wall_time_s']:.0f} s",
@@ -200,11 +207,24 @@ def kernel_report(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def auto_choice_without_grad(shape: dict[str, Any]) -> str:
+    """What `expert_compute="auto"` runs for a no-grad forward of this shape on CPU."""
+    import torch
+
+    from moc_cli.tuner.functional import sparse_is_faster_without_grad
+
+    idx = torch.zeros(shape["tokens"], 2, dtype=torch.long)
+    return "sparse" if sparse_is_faster_without_grad(idx, shape["experts"], shape["rank"]) else "dense"
+
+
 def _table(rows: list[dict[str, Any]], kind: str) -> list[str]:
     names = list(STRATEGIES)
+    auto = kind == "infer"  # only the no-grad forward has a choice to make
     out = [
-        "| shape | N | d | E | r | " + " | ".join(f"{n} (ms) | ×" for n in names) + " |",
-        "|---|---:|---:|---:|---:|" + "---:|---:|" * len(names),
+        "| shape | N | d | E | r | "
+        + " | ".join(f"{n} (ms) | ×" for n in names)
+        + (" | `auto` uses |" if auto else " |"),
+        "|---|---:|---:|---:|---:|" + "---:|---:|" * len(names) + ("---|" if auto else ""),
     ]
     for row in rows:
         s, ms = row["shape"], row["ms"]
@@ -212,5 +232,6 @@ def _table(rows: list[dict[str, Any]], kind: str) -> list[str]:
         cells = " | ".join(f"{ms[n][kind]:.1f} | {ms[n][kind] / base:.2f}" for n in names)
         out.append(
             f"| {s['label']} | {s['tokens']} | {s['width']} | {s['experts']} | {s['rank']} | {cells} |"
+            + (f" {auto_choice_without_grad(s)} |" if auto else "")
         )
     return out

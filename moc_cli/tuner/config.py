@@ -15,10 +15,12 @@ Choices recorded here (see docs/moc-method.md, marked [choice] there):
   initialised at `alpha`; adds `S * L` parameters.
 - `exclude_self=True` masks the layer's own expert out of the router softmax.
 - `expert_compute="auto"`: the sparse autograd function whenever gradients are recorded (it
-  stores about E + 2r numbers per token instead of 2*E*r), and the plain dense formulation under
-  `torch.no_grad()` / inference, where nothing is stored. `benchmarks/results/kernels.md` has the
-  timings of both per pool shape (the sparse function also picks, by pool width, between one
-  all-rows projection and per-expert segments; see `functional.py`).
+  stores about E + 2r numbers per token instead of 2*E*r). Under `torch.no_grad()` / inference,
+  where nothing is stored, whichever is faster: sparse for wide pools (E*r >= 256) with at least 4
+  tokens per expert on CPU, else the plain dense formulation (narrow pools, decoding, GPUs).
+  `benchmarks/results/kernels.md` has the timings of both per pool shape (the sparse function
+  also picks, by pool width, between one all-rows projection and per-expert segments; see
+  `functional.py`).
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ class MocConfig(PeftConfig):
         default="auto",
         metadata={
             "help": "'sparse': fused autograd function saving ~E+2r numbers per token; 'dense': plain autograd "
-            "over all E*r rows; 'auto': sparse when gradients are recorded, dense otherwise."
+            "over all E*r rows; 'auto': sparse when gradients are recorded, else whichever is faster for "
+            "the pool and input size (see functional.py)."
         },
     )
     layers_pattern: str | None = field(

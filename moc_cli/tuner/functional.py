@@ -56,6 +56,25 @@ def compute_dtype(u: torch.Tensor) -> torch.dtype:
 GROUPED_MIN_WIDTH = 160
 
 
+# Under no grad nothing is saved, so `expert_compute="auto"` takes whichever formulation is faster.
+# From `benchmarks/kernels.py` on CPU: per-expert segments take 0.4-0.6x the dense time for
+# SmolLM2's pools (E*r = 480) at 4x128 and 16x128 tokens, while dense wins for narrow pools (MiniLM
+# 96, BERT-base 192) and for decoding-sized inputs (a few tokens spread over 30 experts). GPUs were
+# not measured: there "auto" keeps dense, one large product instead of a loop of small launches.
+SPARSE_INFERENCE_MIN_WIDTH = 256
+SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT = 4
+
+
+def sparse_is_faster_without_grad(idx: torch.Tensor, e: int, r: int) -> bool:
+    """Whether `sparse_mixture` beats `dense_mixture` for a no-grad forward of these assignments."""
+    return (
+        idx.device.type == "cpu"
+        and e * r >= SPARSE_INFERENCE_MIN_WIDTH
+        and idx.shape[0] >= SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT * e
+        and _may_read_values(idx)
+    )
+
+
 def _may_read_values(idx: torch.Tensor) -> bool:
     """Whether the kernel may branch on index values: not on the meta device (memory estimates,
     no values), nor while tracing or compiling (ONNX export, torch.compile), where a branch taken

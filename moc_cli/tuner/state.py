@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MocConfig
-from .functional import autocast_off, dense_mixture, sparse_mixture
+from .functional import autocast_off, dense_mixture, sparse_is_faster_without_grad, sparse_mixture
 
 
 class MocAdapterState(nn.Module):
@@ -182,7 +182,10 @@ class MocRuntime:
         coef = torch.cat(parts_coef, dim=1) if len(parts_coef) > 1 else parts_coef[0]
         mode = config.expert_compute
         if mode == "auto":
-            mode = "sparse" if torch.is_grad_enabled() else "dense"
+            e, r, _ = a_pool.shape
+            mode = (
+                "sparse" if torch.is_grad_enabled() or sparse_is_faster_without_grad(idx, e, r) else "dense"
+            )
         fn = sparse_mixture if mode == "sparse" else dense_mixture
         return fn(ud, a_pool, bt_pool, idx, coef, config.control_scale).view(*lead, -1)
 

@@ -34,6 +34,9 @@ def test_writes_every_strategy_with_ratios_to_all_rows(tmp_path: Path) -> None:
     ratio = wide["dense"]["train"] / wide["sparse, all rows"]["train"]
     assert f"{wide['dense']['train']:.1f} | {ratio:.2f} |" in text
     assert len(lines) == 3
+    # the no-grad table names what expert_compute="auto" runs: dense for pools this small
+    no_grad = text[text.index("No-grad forward:") :]
+    assert no_grad.count(" | dense |\n") == 3 and "| `auto` uses |" in no_grad
     # the module's settings are restored after each strategy
     assert functional.GROUPED_MIN_WIDTH == 160
 

@@ -315,6 +315,57 @@ def test_expert_compute_modes_agree_and_options() -> None:
             torch.testing.assert_close(results[mode][1][name], g, msg=name)
 
 
+@pytest.mark.parametrize(
+    ("tokens", "experts", "rank", "sparse"),
+    [
+        (2048, 6, 16, False),  # MiniLM 16x128: narrow pool, dense is faster
+        (2048, 12, 16, False),  # BERT-base: E*r 192 < 256
+        (2048, 30, 16, True),  # SmolLM2 16x128
+        (512, 30, 16, True),  # SmolLM2 4x128
+        (120, 30, 16, True),  # exactly 4 tokens per expert
+        (119, 30, 16, False),
+        (8, 30, 16, False),  # decoding 8 sequences
+    ],
+)
+def test_auto_runs_sparse_without_grad_only_where_the_kernel_benchmark_found_it_faster(
+    tokens: int, experts: int, rank: int, sparse: bool
+) -> None:
+    idx = torch.zeros(tokens, 2, dtype=torch.long)
+    assert functional.sparse_is_faster_without_grad(idx, experts, rank) is sparse
+    # no values to branch on (memory estimates): always dense
+    assert functional.sparse_is_faster_without_grad(idx.to("meta"), experts, rank) is False
+
+
+def test_auto_without_grad_gives_the_dense_logits_through_either_formulation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import moc_cli.tuner.state as state_module
+
+    t = tiny("llama")
+    models = {}
+    for mode in ("dense", "auto"):
+        models[mode] = get_peft_model(t.build(), MocConfig(r=4, task_type="CAUSAL_LM", expert_compute=mode))
+        _randomize(models[mode])
+        models[mode].eval()
+    calls: list[str] = []
+    for name in ("sparse_mixture", "dense_mixture"):
+        real = getattr(state_module, name)
+        monkeypatch.setattr(
+            state_module, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+        )
+    with torch.no_grad():
+        want = models["dense"](**t.inputs).logits
+        calls.clear()
+        narrow = models["auto"](**t.inputs).logits  # pool E*r = 3*4 < 256: dense
+        assert set(calls) == {"dense_mixture"}
+        monkeypatch.setattr(functional, "SPARSE_INFERENCE_MIN_WIDTH", LAYERS * 4)
+        calls.clear()
+        wide = models["auto"](**t.inputs).logits
+        assert set(calls) == {"sparse_mixture"}
+    torch.testing.assert_close(narrow, want)
+    torch.testing.assert_close(wide, want)
+
+
 def test_options_exclude_self_per_layer_bias_learnable_alpha() -> None:
     t = tiny("bert")
     cfg = MocConfig(
