@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds over all methods")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-method peak-RSS subprocesses")
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="only measure peak RSS, filling it into the stored run of the same model, batch size and length",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--report-only", action="store_true", help="only regenerate the report from the stored results"
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
-    from moc_cli.bench.efficiency import RESULTS_JSON, load_runs, run_efficiency_benchmark
+    from moc_cli.bench.efficiency import RESULTS_JSON, EfficiencyError, load_runs, run_efficiency_benchmark
 
     if args.report_only:
         from moc_cli.bench.report import write_efficiency_report
@@ -53,19 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         _refresh_readme(args.output_dir)
         return 0
 
-    report = run_efficiency_benchmark(
-        models=args.model or ["minilm"],
-        methods=args.method,
-        batch_size=args.batch_size,
-        seq_lens=args.seq_len or [128],
-        steps=args.steps,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        threads=args.threads,
-        measure_rss=not args.no_rss,
-        output_dir=args.output_dir,
-        command=shlex.join(["python", "benchmarks/efficiency.py", *argv]),
-    )
+    try:
+        report = run_efficiency_benchmark(
+            models=args.model or ["minilm"],
+            methods=args.method,
+            batch_size=args.batch_size,
+            seq_lens=args.seq_len or [128],
+            steps=args.steps,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            threads=args.threads,
+            measure_rss=not args.no_rss,
+            output_dir=args.output_dir,
+            command=shlex.join(["python", "benchmarks/efficiency.py", *argv]),
+            rss_only=args.rss_only,
+        )
+    except EfficiencyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {report}")
     _refresh_readme(args.output_dir)
     return 0

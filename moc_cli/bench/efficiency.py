@@ -390,14 +390,7 @@ def run_efficiency(
     )
     # The load that matters for step times is the one while they were measured, before the RSS runs.
     meta["load_average_after_timing"] = list(os.getloadavg())
-    if device == "cpu" and measure_rss:
-        for method in chosen:
-            peak = measure_rss_subprocess(model, method, batch_size, seq_len, rss_steps, threads)
-            results[method].peak_bytes = peak
-            results[method].peak_kind = f"peak RSS increase over {rss_steps} training steps (fresh process)"
-            log(f"[{bench_model.label} seq={seq_len}] {method}: peak RSS +{peak / 2**20:.1f} MiB")
-    meta["load_average_end"] = list(os.getloadavg())
-    return {
+    run = {
         "model": bench_model.label,
         "model_source": bench_model.source,
         "model_type": bench_model.model_type,
@@ -416,6 +409,29 @@ def run_efficiency(
             for m in chosen
         ],
     }
+    if device == "cpu" and measure_rss:
+        measure_peak_rss(run, chosen, threads, rss_steps, log=log)
+    meta["load_average_end"] = list(os.getloadavg())
+    run["wall_s"] = round(time.time() - started, 1)
+    return run
+
+
+def measure_peak_rss(
+    run: dict[str, Any],
+    methods: Sequence[str],
+    threads: int,
+    rss_steps: int = 2,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Fill in the peak RSS increase of `methods` in `run`, each in a fresh process."""
+    rows = {r["method"]: r for r in run["methods"]}
+    for method in methods:
+        peak = measure_rss_subprocess(
+            run["model"], method, run["batch_size"], run["seq_len"], rss_steps, threads
+        )
+        rows[method]["peak_bytes"] = peak
+        rows[method]["peak_kind"] = f"peak RSS increase over {rss_steps} training steps (fresh process)"
+        log(f"[{run['model']} seq={run['seq_len']}] {method}: peak RSS +{peak / 2**20:.1f} MiB")
 
 
 def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -475,8 +491,13 @@ def run_efficiency_benchmark(
     output_dir: Path,
     command: str,
     log: Callable[[str], None] = print,
+    rss_only: bool = False,
 ) -> Path:
-    """Run every (model, sequence length), merge into `efficiency.json`, regenerate report and chart."""
+    """Run every (model, sequence length), merge into `efficiency.json`, regenerate report and chart.
+
+    With `rss_only`, only the peak RSS of the stored run of each (model, batch size, sequence
+    length) is measured and filled in, keeping its timings.
+    """
     from moc_cli.bench.report import write_efficiency_report
 
     if methods:
@@ -490,12 +511,32 @@ def run_efficiency_benchmark(
     store = output_dir / RESULTS_JSON
     for model in models:
         for seq_len in seq_lens:
-            run = run_efficiency(
-                model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
-            )
-            run["command"] = command
+            if rss_only:
+                run = stored_run(store, model, batch_size, seq_len)
+                measure_peak_rss(run, methods or [m["method"] for m in run["methods"]], threads, log=log)
+                run["rss_command"] = command
+            else:
+                run = run_efficiency(
+                    model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
+                )
+                run["command"] = command
             store_run(store, run)
     return write_efficiency_report(load_runs(store), output_dir)
+
+
+def stored_run(store: Path, model: str, batch_size: int, seq_len: int) -> dict[str, Any]:
+    """The stored run of (model, batch size, sequence length); the timed one if there are two."""
+    runs = [
+        r
+        for r in load_runs(store)
+        if (r["model"], r["batch_size"], r["seq_len"]) == (model, batch_size, seq_len)
+    ]
+    if not runs:
+        raise EfficiencyError(
+            f"--rss-only: {store} has no run of --model {model} --batch-size {batch_size} --seq-len {seq_len}; "
+            "run the benchmark without --rss-only first"
+        )
+    return max(runs, key=lambda r: r["steps"] > 0)
 
 
 def store_run(store: Path, run: dict[str, Any]) -> None:

@@ -83,6 +83,43 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MOC_VARIANTS = ("moc-ffn", "moc-attn", "moc-both-separate", "moc-both-shared")
+
+
+def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
+    """Every stored run's MoC variants against their same-site Control: saved bytes × and step × (paired)."""
+    from moc_cli.bench.efficiency import with_ratios
+
+    if not runs:
+        raise ReadmeError("efficiency.json has no runs; run benchmarks/efficiency.py first")
+    lines = [
+        "| model | batch × tokens | "
+        + " | ".join(f"`{m}` saved / step" for m in MOC_VARIANTS)
+        + " | timing |",
+        "|---|---|" + "---:|" * len(MOC_VARIANTS) + "---|",
+    ]
+    for run in runs:
+        rows = {r["method"]: r for r in with_ratios(run)}
+        cells = []
+        for method in MOC_VARIANTS:
+            r = rows.get(method)
+            saved = r and r["saved_vs_same_site"]
+            step = r and r["time_vs_same_site"]
+            cells.append(f"{saved:.3f}× / " + (f"{step:.2f}×" if step else "–") if saved else "–")
+        if run["steps"] == 0:
+            timing = "not timed (memory only)"
+        else:
+            timing = f"{run['rounds']} rounds × {run['steps']} steps"
+            if _loaded(run):
+                timing += ", machine overloaded (step times indicative only)"
+        lines.append(
+            f"| {run['model']} | {run['batch_size']} × {run['seq_len']} | "
+            + " | ".join(cells)
+            + f" | {timing} |"
+        )
+    return "\n".join(lines)
+
+
 def accuracy_block(records: list[dict[str, Any]]) -> str:
     if not records:
         raise ReadmeError("accuracy.jsonl has no cells; run benchmarks/accuracy.py first")
@@ -128,7 +165,9 @@ def render_readme(text: str, results_dir: Path) -> str:
     from moc_cli.bench.accuracy import RESULTS_JSONL, load_finished
     from moc_cli.bench.efficiency import RESULTS_JSON, load_runs
 
-    text = replace_block(text, "efficiency", efficiency_block(load_runs(results_dir / RESULTS_JSON)))
+    runs = load_runs(results_dir / RESULTS_JSON)
+    text = replace_block(text, "efficiency", efficiency_block(runs))
+    text = replace_block(text, "efficiency-targets", efficiency_targets_block(runs))
     records = list(load_finished(results_dir / RESULTS_JSONL).values())
     return replace_block(text, "accuracy", accuracy_block(records))
 

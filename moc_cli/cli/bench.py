@@ -52,6 +52,14 @@ def bench(
     no_rss: Annotated[
         bool, typer.Option("--no-rss", help="Efficiency: skip the per-method subprocess RSS measurement.")
     ] = False,
+    rss_only: Annotated[
+        bool,
+        typer.Option(
+            "--rss-only",
+            help="Efficiency: only measure peak RSS, filling it into the stored run of the same model, "
+            "batch size and length (its timings are kept).",
+        ),
+    ] = False,
     task: Annotated[
         list[str] | None,
         typer.Option("--task", help="Accuracy: task names (repeatable), e.g. glue/rte.", show_default=False),
@@ -106,6 +114,7 @@ def bench(
                 measure_rss=not no_rss,
                 output_dir=output_dir,
                 command=command,
+                rss_only=rss_only,
             )
         except EfficiencyError as err:
             typer.echo(f"error: {err}", err=True)

@@ -27,6 +27,18 @@ def test_unknown_efficiency_method_exits_2(tmp_path: Path) -> None:
     assert not (tmp_path / "efficiency.json").exists()
 
 
+def test_rss_only_without_a_stored_run_exits_2_naming_the_fix(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "efficiency", "--rss-only", "--output-dir", str(tmp_path)], env=ENV
+    )
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: --rss-only: {tmp_path / 'efficiency.json'} has no run of --model minilm --batch-size 16 "
+        "--seq-len 128; run the benchmark without --rss-only first\n"
+    )
+    assert not (tmp_path / "efficiency.json").exists()
+
+
 def test_unknown_accuracy_grid_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["bench", "accuracy", "--grid", "huge", "--output-dir", str(tmp_path)], env=ENV

@@ -173,3 +173,37 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
         (0, "newer untimed"),
         (1, "moc bench efficiency --test"),
     ]
+
+
+def test_rss_only_fills_peak_memory_into_the_stored_run_and_keeps_its_timings(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import moc_cli.bench.efficiency as efficiency
+
+    def bench(**kw: object) -> Path:
+        args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
+        return run_efficiency_benchmark(
+            [str(tiny_bert_dir)], log=lambda _m: None, output_dir=tmp_path, **{**args, **kw}
+        )
+
+    with pytest.raises(EfficiencyError) as err:
+        bench(methods=None, command="rss", rss_only=True)
+    assert str(err.value) == (
+        f"--rss-only: {tmp_path / 'efficiency.json'} has no run of --model {tiny_bert_dir} --batch-size 2 "
+        "--seq-len 8; run the benchmark without --rss-only first"
+    )
+    bench(methods=["control", "moc-ffn"], command="timed")
+    timed = json.loads((tmp_path / "efficiency.json").read_text())["runs"][0]
+    # The probe itself (a fresh interpreter) is covered by the slow test above.
+    probed: list[str] = []
+    monkeypatch.setattr(
+        efficiency, "measure_rss_subprocess", lambda _model, method, *_a: probed.append(method) or 3 * 2**20
+    )
+    report = bench(methods=["moc-ffn"], command="rss", rss_only=True)
+    (run,) = json.loads((tmp_path / "efficiency.json").read_text())["runs"]
+    assert probed == ["moc-ffn"]
+    rows = {m["method"]: m for m in run["methods"]}
+    assert rows["moc-ffn"]["peak_bytes"] == 3 * 2**20 and rows["control"]["peak_bytes"] is None
+    assert [m["step_times"] for m in run["methods"]] == [m["step_times"] for m in timed["methods"]]
+    assert (run["command"], run["rss_command"]) == ("timed", "rss")
+    assert "- command: `timed`; peak RSS measured afterwards by `rss`" in report.read_text()

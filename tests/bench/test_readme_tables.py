@@ -19,7 +19,13 @@ from moc_cli.bench.accuracy import (
     record_key,
 )
 from moc_cli.bench.efficiency import load_runs
-from moc_cli.bench.readme import ReadmeError, efficiency_block, render_readme, replace_block
+from moc_cli.bench.readme import (
+    ReadmeError,
+    efficiency_block,
+    efficiency_targets_block,
+    render_readme,
+    replace_block,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,6 +79,29 @@ def test_moc_rows_are_compared_with_control_on_the_same_sites() -> None:
     saved = {m["method"]: m["saved_bytes"] for m in run["methods"]}
     row = next(line for line in block.splitlines() if line.startswith("| **MoC both-shared** |"))
     assert row.split(" | ")[3] == f"{saved['moc-both-shared'] / saved['control-both']:.3f}"
+
+
+def test_target_rows_pair_each_moc_variant_with_its_same_site_control_round_by_round() -> None:
+    run = {
+        "model": "m",
+        "batch_size": 2,
+        "seq_len": 8,
+        "steps": 2,
+        "rounds": 2,
+        "machine": {"load_average_start": [0.5], "load_average_after_timing": [0.5], "logical_cpus": 2},
+        "methods": [
+            {"method": "control", "trainable_params": 1, "saved_bytes": 100, "peak_bytes": None,
+             "median_step_s": 1.5, "step_times": [1.0, 1.0, 2.0, 2.0]},
+            {"method": "moc-ffn", "trainable_params": 1, "saved_bytes": 101, "peak_bytes": None,
+             "median_step_s": 1.6, "step_times": [1.1, 1.1, 2.2, 2.2]},
+        ],
+    }  # fmt: skip
+    memory_only = {**run, "steps": 0, "methods": [{**m, "step_times": []} for m in run["methods"]]}
+    lines = efficiency_targets_block([run, memory_only]).splitlines()
+    assert lines[2] == "| m | 2 × 8 | 1.010× / 1.10× | – | – | – | 2 rounds × 2 steps |"
+    assert lines[3] == "| m | 2 × 8 | 1.010× / – | – | – | – | not timed (memory only) |"
+    with pytest.raises(ReadmeError, match="efficiency.json has no runs; run benchmarks/efficiency.py first"):
+        efficiency_targets_block([])
 
 
 def test_a_swept_cell_joins_the_default_row_when_its_rate_becomes_the_default() -> None:
