@@ -78,7 +78,7 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
     if timed and _loaded(run):
         lines += [
             "",
-            "The load average exceeded the core count while timing: step times are indicative only.",
+            "Other jobs loaded the machine while timing: step times are indicative only.",
         ]
     return "\n".join(lines)
 
@@ -95,8 +95,8 @@ def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
     lines = [
         "| model | batch × tokens | "
         + " | ".join(f"`{m}` saved / step" for m in MOC_VARIANTS)
-        + " | timing |",
-        "|---|---|" + "---:|" * len(MOC_VARIANTS) + "---|",
+        + " | timing | date (UTC) |",
+        "|---|---|" + "---:|" * len(MOC_VARIANTS) + "---|---|",
     ]
     for run in runs:
         rows = {r["method"]: r for r in with_ratios(run)}
@@ -115,7 +115,7 @@ def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {run['model']} | {run['batch_size']} × {run['seq_len']} | "
             + " | ".join(cells)
-            + f" | {timing} |"
+            + f" | {timing} | {run['date_utc'][:16]} |"
         )
     return "\n".join(lines)
 

@@ -21,12 +21,15 @@ def _mib(value: float | None) -> str:
 
 
 def _loaded(run: dict[str, Any]) -> bool:
-    """Whether the 1-minute load average exceeded the CPU count while step times were measured
-    (at the start and after the timed rounds; runs recorded before that split: at the end)."""
+    """Whether other jobs competed for the CPUs while step times were measured: the 1-minute load
+    average exceeded the CPU count at the start, or, after the timed rounds, exceeded the
+    benchmark's own threads by more than half a core (its own threads keep the load at their
+    count). Runs recorded before the after-timing figure existed use the load at the end."""
     m = run["machine"]
+    cpus = m.get("logical_cpus") or 1
+    own_threads = min(m.get("torch_threads") or cpus, cpus)
     after = m.get("load_average_after_timing") or m.get("load_average_end", [])
-    loads = [m["load_average_start"][0], *after[:1]]
-    return max(loads) > (m.get("logical_cpus") or 1)
+    return m["load_average_start"][0] > cpus or (bool(after) and after[0] > own_threads + 0.5)
 
 
 def _targets(rows: list[dict[str, Any]], loaded: bool = False) -> list[str]:
@@ -121,7 +124,8 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
             + "at end "
             f"{'/'.join(f'{x:.2f}' for x in m.get('load_average_end', []))}"
             + (
-                " — the machine was shared with other jobs (load above its CPU count), so step times and"
+                " — the machine was shared with other jobs (load above what the benchmark's own threads"
+                " explain), so step times and"
                 " RSS are noisy; saved bytes are exact."
                 if _loaded(run)
                 else ""

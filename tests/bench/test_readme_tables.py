@@ -88,6 +88,7 @@ def test_target_rows_pair_each_moc_variant_with_its_same_site_control_round_by_r
         "seq_len": 8,
         "steps": 2,
         "rounds": 2,
+        "date_utc": "2026-11-29 01:28:43Z",
         "machine": {"load_average_start": [0.5], "load_average_after_timing": [0.5], "logical_cpus": 2},
         "methods": [
             {"method": "control", "trainable_params": 1, "saved_bytes": 100, "peak_bytes": None,
@@ -98,8 +99,8 @@ def test_target_rows_pair_each_moc_variant_with_its_same_site_control_round_by_r
     }  # fmt: skip
     memory_only = {**run, "steps": 0, "methods": [{**m, "step_times": []} for m in run["methods"]]}
     lines = efficiency_targets_block([run, memory_only]).splitlines()
-    assert lines[2] == "| m | 2 × 8 | 1.010× / 1.10× | – | – | – | 2 rounds × 2 steps |"
-    assert lines[3] == "| m | 2 × 8 | 1.010× / – | – | – | – | not timed (memory only) |"
+    assert lines[2] == "| m | 2 × 8 | 1.010× / 1.10× | – | – | – | 2 rounds × 2 steps | 2026-11-29 01:28 |"
+    assert lines[3] == "| m | 2 × 8 | 1.010× / – | – | – | – | not timed (memory only) | 2026-11-29 01:28 |"
     with pytest.raises(ReadmeError, match="efficiency.json has no runs; run benchmarks/efficiency.py first"):
         efficiency_targets_block([])
 
@@ -126,3 +127,23 @@ def test_stored_results_load_with_one_record_per_cell() -> None:
     lines = (RESULTS / "accuracy.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     assert len(load_finished(RESULTS / "accuracy.jsonl")) == len({record_key(r) for r in records})
+
+
+@pytest.mark.parametrize(
+    ("start", "after", "loaded"),
+    [
+        (1.7, 2.02, False),  # the benchmark's own 2 threads (start: the previous run's tail)
+        (0.3, 2.5, False),
+        (0.3, 2.51, True),  # more than half a core beyond its own threads
+        (2.1, 2.0, True),  # something else filled the machine before the run started
+    ],
+)
+def test_a_run_counts_as_loaded_only_beyond_the_benchmarks_own_threads(
+    start: float, after: float, loaded: bool
+) -> None:
+    from moc_cli.bench.report import _loaded
+
+    machine = {"logical_cpus": 2, "torch_threads": 2, "load_average_start": [start, 0, 0]}
+    assert _loaded({"machine": {**machine, "load_average_after_timing": [after, 0, 0]}}) is loaded
+    # runs recorded before the after-timing figure existed: the load at the end
+    assert _loaded({"machine": {**machine, "load_average_end": [after, 0, 0]}}) is loaded
