@@ -402,7 +402,6 @@ def run_efficiency(
         "rounds": rounds,
         "device": device,
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(started)),
-        "wall_s": round(time.time() - started, 1),
         "machine": meta,
         "methods": [
             {**asdict(results[m]), "median_step_s": results[m].median_step_s, "description": ""}
@@ -513,7 +512,14 @@ def run_efficiency_benchmark(
         for seq_len in seq_lens:
             if rss_only:
                 run = stored_run(store, model, batch_size, seq_len)
-                measure_peak_rss(run, methods or [m["method"] for m in run["methods"]], threads, log=log)
+                stored = [m["method"] for m in run["methods"]]
+                missing = [m for m in methods or [] if m not in stored]
+                if missing:
+                    raise EfficiencyError(
+                        f"--rss-only: the stored run of --model {model} --batch-size {batch_size} "
+                        f"--seq-len {seq_len} has no method {missing[0]!r}; it has {', '.join(stored)}"
+                    )
+                measure_peak_rss(run, methods or stored, threads, log=log)
                 run["rss_command"] = command
             else:
                 run = run_efficiency(

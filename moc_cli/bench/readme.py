@@ -83,29 +83,30 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-MOC_VARIANTS = ("moc-ffn", "moc-attn", "moc-both-separate", "moc-both-shared")
-
-
 def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
     """Every stored run's MoC variants against their same-site Control: saved bytes × and step × (paired)."""
     from moc_cli.bench.efficiency import with_ratios
+    from moc_cli.bench.methods import SAME_SITE_CONTROL
 
+    moc_variants = list(SAME_SITE_CONTROL)
     if not runs:
         raise ReadmeError("efficiency.json has no runs; run benchmarks/efficiency.py first")
     lines = [
         "| model | batch × tokens | "
-        + " | ".join(f"`{m}` saved / step" for m in MOC_VARIANTS)
+        + " | ".join(f"`{m}` saved / step" for m in moc_variants)
         + " | timing | date (UTC) |",
-        "|---|---|" + "---:|" * len(MOC_VARIANTS) + "---|---|",
+        "|---|---|" + "---:|" * len(moc_variants) + "---|---|",
     ]
     for run in runs:
         rows = {r["method"]: r for r in with_ratios(run)}
         cells = []
-        for method in MOC_VARIANTS:
+        for method in moc_variants:
             r = rows.get(method)
-            saved = r and r["saved_vs_same_site"]
-            step = r and r["time_vs_same_site"]
-            cells.append(f"{saved:.3f}× / " + (f"{step:.2f}×" if step else "–") if saved else "–")
+            if r is None or r["saved_vs_same_site"] is None:  # variant or its Control not measured
+                cells.append("–")
+                continue
+            step = r["time_vs_same_site"]
+            cells.append(f"{r['saved_vs_same_site']:.3f}× / " + ("–" if step is None else f"{step:.2f}×"))
         if run["steps"] == 0:
             timing = "not timed (memory only)"
         else:

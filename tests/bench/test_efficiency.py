@@ -194,6 +194,12 @@ def test_rss_only_fills_peak_memory_into_the_stored_run_and_keeps_its_timings(
     )
     bench(methods=["control", "moc-ffn"], command="timed")
     timed = json.loads((tmp_path / "efficiency.json").read_text())["runs"][0]
+    with pytest.raises(EfficiencyError) as err:
+        bench(methods=["lora-all"], command="rss", rss_only=True)
+    assert str(err.value) == (
+        f"--rss-only: the stored run of --model {tiny_bert_dir} --batch-size 2 --seq-len 8 has no method "
+        "'lora-all'; it has control, moc-ffn"
+    )
     # The probe itself (a fresh interpreter) is covered by the slow test above.
     probed: list[str] = []
     monkeypatch.setattr(
