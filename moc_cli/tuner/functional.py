@@ -19,8 +19,9 @@ Two implementations:
     work grows with E, which is cheap at this width.
   - wide pools (e.g. SmolLM2's 30 layers): a column where every token uses one expert (the local
     control) is a plain matmul; routed assignments are sorted by expert (one gather of `u`), each
-    expert multiplies its contiguous segment, and one gather puts the results back in token
-    order. The work follows the chosen experts, not E, however unbalanced the routing.
+    expert multiplies its contiguous segment (one `torch._grouped_mm` for all of them where the
+    op takes the operands, else a loop), and one scatter-add puts the results into their tokens'
+    rows. The work follows the chosen experts, not E, however unbalanced the routing.
 - `dense_mixture`: the all-rows projection in plain autograd; it stores the `[N, E*r]` projection
   and mixed operand (2*E*r numbers per token), so it is only the default where nothing is stored
   (no grad mode).
@@ -65,6 +66,17 @@ SPARSE_INFERENCE_MIN_WIDTH = 256
 SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT = 4
 
 
+def _fits_grouped_mm(mat: torch.Tensor) -> bool:
+    """Whether `torch._grouped_mm` takes this operand: a float32/bfloat16/float16 matrix (or stack)
+    at a 16-byte aligned address, one of its last two dims contiguous and the other's stride a
+    multiple of 16 bytes (so not r=2 in float32 or d=100 in bfloat16)."""
+    if mat.dtype not in (torch.float32, torch.bfloat16, torch.float16) or mat.data_ptr() % 16:
+        return False
+    align = 16 // mat.element_size()
+    rows, cols = mat.stride(-2), mat.stride(-1)
+    return (cols == 1 and rows % align == 0) or (rows == 1 and cols % align == 0)
+
+
 def sparse_is_faster_without_grad(idx: torch.Tensor, e: int, r: int) -> bool:
     """Whether `sparse_mixture` beats `dense_mixture` for a no-grad forward of these assignments."""
     return (
@@ -101,7 +113,7 @@ class _Segments:
 
     def __init__(self, idx: torch.Tensor, e: int, expert: int | None = None) -> None:
         self.n, self.k = idx.shape
-        self.order = self.rows = self.inverse = None
+        self.order = self.rows = self.inverse = self.offsets = None
         if expert is not None:
             self.spans = [(expert, 0, self.n)]
             return
@@ -110,7 +122,9 @@ class _Segments:
         self.rows = torch.div(self.order, self.k, rounding_mode="floor")  # token of each sorted assignment
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(flat.numel(), device=idx.device)
-        ends = torch.cumsum(torch.bincount(flat, minlength=e), 0).tolist()
+        cumulative = torch.cumsum(torch.bincount(flat, minlength=e), 0)
+        self.offsets = cumulative.to(torch.int32)  # segment ends of every expert, empty ones included
+        ends = cumulative.tolist()
         self.spans = [
             (j, start, end)
             for j, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True))
@@ -131,15 +145,42 @@ class _Segments:
         flat = per_sorted if self.inverse is None else per_sorted.index_select(0, self.inverse)
         return flat.view(self.n, self.k, -1)
 
+    def add_to_tokens(self, per_sorted: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
+        """Adds sorted rows `[M, w]` into their tokens' rows of `total [N, w]` (None: zeros), in
+        place: one scatter instead of an unsort, a sum over k and an add, each a pass over `[N, w]`.
+        `total` and `per_sorted` must be the caller's own buffers."""
+        if self.rows is None:  # one column in token order
+            return per_sorted if total is None else total.add_(per_sorted)
+        if total is None:
+            total = per_sorted.new_zeros(self.n, per_sorted.shape[1])
+        return total.index_add_(0, self.rows, per_sorted)
+
+    def _grouped(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether one `torch._grouped_mm(a, b)` replaces the loop over experts: routed segments
+        and operands that op takes. On CPU it saves the loop's per-expert Python, slicing and
+        launches; it is a private op, so the loop stays as the fallback."""
+        return (
+            self.offsets is not None
+            and hasattr(torch, "_grouped_mm")
+            and _fits_grouped_mm(a)
+            and _fits_grouped_mm(b)
+        )
+
     def matmul(self, x: torch.Tensor, weights: torch.Tensor, transpose: bool) -> torch.Tensor:
         """Each expert's segment of `x [M, i]` times its `weights[j]` (`[i, o]`, or `[o, i]` transposed)."""
-        out = x.new_empty(x.shape[0], weights.shape[1 if transpose else 2])
+        w = weights.transpose(1, 2) if transpose else weights
+        if self._grouped(x, w):
+            return torch._grouped_mm(x, w, offs=self.offsets)
+        out = x.new_empty(x.shape[0], w.shape[2])
         for j, start, end in self.spans:
-            torch.mm(x[start:end], weights[j].t() if transpose else weights[j], out=out[start:end])
+            torch.mm(x[start:end], w[j], out=out[start:end])
         return out
 
     def add_outer(self, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> None:
         """Per expert, `grad[j] += x[segment]^T @ y[segment]` (a weight gradient `[E, i, o]`)."""
+        if self._grouped(x.t(), y):
+            grad += torch._grouped_mm(x.t(), y, offs=self.offsets)
+            return
         for j, start, end in self.spans:
             grad[j].addmm_(x[start:end].t(), y[start:end])
 
@@ -176,19 +217,22 @@ def _group_forward(
     idx: torch.Tensor,
     coef: torch.Tensor,
     seg: _Segments | None,
+    out: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output `[N, d]` and chosen projections `[N, k, r]` of one column group (compute dtype)."""
+    """`out` plus the output `[N, d]` of one column group, and the group's chosen projections
+    `[N, k, r]` (compute dtype)."""
     if seg is not None:
         z = seg.matmul(seg.gather(u), a, transpose=True)  # [M, r]
         weighted = z * seg.sort(coef.unsqueeze(-1))
-        return seg.unsort(seg.matmul(weighted, bt, transpose=False)).sum(1), seg.unsort(z)
+        return seg.add_to_tokens(seg.matmul(weighted, bt, transpose=False), out), seg.unsort(z)
     n, k = idx.shape
     e, r, _ = a.shape
     gather_idx = idx.unsqueeze(-1).expand(n, k, r)
     z = (u @ a.reshape(e * r, -1).t()).view(n, e, r).gather(1, gather_idx)
     mixed = torch.zeros(n, e, r, dtype=u.dtype, device=u.device)
     mixed.scatter_add_(1, gather_idx, z * coef.unsqueeze(-1))
-    return mixed.view(n, e * r) @ bt.reshape(e * r, -1), z
+    # out of place: this is the path the ONNX exporter traces (see `_SparseMixture.forward`)
+    return _add(out, mixed.view(n, e * r) @ bt.reshape(e * r, -1)), z
 
 
 def _group_backward(
@@ -202,11 +246,13 @@ def _group_backward(
     seg: _Segments | None,
     grad_a: torch.Tensor | None,
     grad_b: torch.Tensor | None,
+    grad_u: torch.Tensor | None,
     need: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients (u, coef) of one column group given dL/d(out) `go`; adds into `grad_a`, `grad_b`."""
+    """Gradients (u plus this group's part, coef) of one column group given dL/d(out) `go`; adds
+    into `grad_a`, `grad_b`."""
     need_u, need_coef = need
-    grad_u = grad_coef = None
+    grad_coef = None
     if seg is not None:
         go_s, z_s, c_s = seg.gather(go), seg.sort(z), seg.sort(coef.unsqueeze(-1))
         if grad_b is not None:
@@ -219,7 +265,7 @@ def _group_backward(
             if grad_a is not None:
                 seg.add_outer(dz, seg.gather(u), grad_a)
             if need_u:
-                grad_u = seg.unsort(seg.matmul(dz, a, transpose=False)).sum(1)
+                grad_u = seg.add_to_tokens(seg.matmul(dz, a, transpose=False), grad_u)
         return grad_u, grad_coef
     n, k = idx.shape
     e, r, d = a.shape
@@ -237,8 +283,14 @@ def _group_backward(
         if grad_a is not None:
             grad_a += (dz.view(n, e * r).t() @ u).view(e, r, d)
         if need_u:
-            grad_u = dz.view(n, e * r) @ a.reshape(e * r, d)
+            grad_u = _add(grad_u, dz.view(n, e * r) @ a.reshape(e * r, d))
     return grad_u, grad_coef
+
+
+def _scaled(coef: torch.Tensor, scale: float) -> torch.Tensor:
+    """The coefficients times the site's scale: multiplying `[N, m]` coefficients instead of the
+    `[N, d]` output (and its gradient) saves a pass over the widest tensor of the site."""
+    return coef if scale == 1.0 else coef * scale
 
 
 def _add(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
@@ -261,19 +313,16 @@ class _SparseMixture(torch.autograd.Function):
     ) -> torch.Tensor:
         e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
-            u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), coef.to(cdt)
+            u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), _scaled(coef.to(cdt), scale)
             # built out of place: the ONNX exporter traces this forward and mistranslates writes
             # into slices of an uninitialised buffer
             z_cols: dict[int, torch.Tensor] = {}
             out: torch.Tensor | None = None
             for cols, seg in _layouts(idx, e, r):
-                part, z = _group_forward(u_c, a_c, bt_c, _columns(idx, cols), _columns(coef_c, cols), seg)
+                out, z = _group_forward(u_c, a_c, bt_c, _columns(idx, cols), _columns(coef_c, cols), seg, out)
                 z_cols.update((j, z[:, i]) for i, j in enumerate(cols))
-                out = _add(out, part)
             z_sel = torch.stack([z_cols[j] for j in range(idx.shape[1])], dim=1)
             assert out is not None
-            if scale != 1.0:
-                out = out * scale
         # indices are kept as int16 when they fit (E <= 32767): 2 instead of 8 bytes per entry
         # (an expanded constant index, as for Control, already costs nothing and stays as is)
         compact = e <= torch.iinfo(torch.int16).max and idx.stride(0) != 0
@@ -292,15 +341,13 @@ class _SparseMixture(torch.autograd.Function):
         e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
             go = grad_out.to(cdt)
-            if scale != 1.0:
-                go = go * scale
-            u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), coef.to(cdt)
+            u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), _scaled(coef.to(cdt), scale)
             grad_a = torch.zeros_like(a_c) if need_a else None
             grad_b = torch.zeros_like(bt_c) if need_b else None
             grad_coef = torch.empty_like(coef_c) if need_coef else None
             grad_u = None
             for cols, seg in _layouts(idx, e, r):
-                part_u, part_coef = _group_backward(
+                grad_u, part_coef = _group_backward(
                     go,
                     u_c,
                     a_c,
@@ -311,11 +358,13 @@ class _SparseMixture(torch.autograd.Function):
                     seg,
                     grad_a,
                     grad_b,
+                    grad_u,
                     (need_u, need_coef),
                 )
-                grad_u = _add(grad_u, part_u)
                 if grad_coef is not None:
                     grad_coef[:, cols] = part_coef
+            if grad_coef is not None:
+                grad_coef = _scaled(grad_coef, scale)  # the groups' gradients are for coef * scale
 
         def back(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
             return None if grad is None else grad.to(like.dtype)
@@ -357,8 +406,7 @@ def dense_mixture(
     e, r, _ = a_pool.shape
     with autocast_off(u.device.type):
         z = (u.to(cdt) @ a_pool.to(cdt).reshape(e * r, d).t()).view(n, e, r)
-        weights = torch.zeros(n, e, dtype=cdt, device=u.device).scatter_add(1, idx, coef.to(cdt))
-        out = (z * weights.unsqueeze(-1)).view(n, e * r) @ bt_pool.to(cdt).reshape(e * r, d)
-        if scale != 1.0:
-            out = out * scale
-    return out
+        weights = torch.zeros(n, e, dtype=cdt, device=u.device).scatter_add(
+            1, idx, _scaled(coef.to(cdt), scale)
+        )
+        return (z * weights.unsqueeze(-1)).view(n, e * r) @ bt_pool.to(cdt).reshape(e * r, d)

@@ -249,6 +249,56 @@ def test_sparse_function_matches_dense_autograd(
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_product_gives_the_per_expert_loop_results(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routed segments go through one `torch._grouped_mm` when the operands allow it; its output
+    and every gradient must equal the per-expert loop it replaces (exactly in float32)."""
+    u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=256, e=30, r=16, d=64)  # E*r=480: per expert
+    idx[idx[:, 1] == 5, 1] = 6  # an expert no token picks: an empty segment
+    leaves = [x.detach().to(dtype).requires_grad_() for x in (u, a, bt, coef)]
+    calls = []
+    grouped_mm = torch._grouped_mm
+    monkeypatch.setattr(torch, "_grouped_mm", lambda *args, **kw: calls.append(1) or grouped_mm(*args, **kw))
+
+    def run() -> list[torch.Tensor]:
+        out = sparse_mixture(leaves[0], leaves[1], leaves[2], idx, leaves[3], 1.5)
+        return [out, *torch.autograd.grad((out.float() * torch.linspace(-1, 1, 64)).sum(), leaves)]
+
+    grouped = run()
+    assert len(calls) == 6  # forward: A and B products; backward: two weight gradients, two products
+    monkeypatch.setattr(functional, "_fits_grouped_mm", lambda mat: False)
+    looped = run()
+    assert len(calls) == 6
+    for g, ref in zip(grouped, looped, strict=True):
+        if dtype == torch.float32:
+            assert torch.equal(g, ref)
+        else:  # bfloat16 sums may round differently: within one unit in the last place of the largest value
+            torch.testing.assert_close(g, ref, rtol=0, atol=float(ref.abs().max()) * 2**-7)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "fits"),
+    [
+        ((8, 16), torch.float32, True),
+        ((8, 3), torch.float32, False),  # a 12-byte row stride
+        ((8, 12), torch.bfloat16, False),  # a 24-byte row stride
+        ((8, 16), torch.bfloat16, True),
+        ((8, 16), torch.float64, False),  # a dtype the op does not take
+    ],
+)
+def test_grouped_product_is_only_asked_for_operands_it_takes(
+    shape: tuple, dtype: torch.dtype, fits: bool
+) -> None:
+    mat = torch.zeros(shape, dtype=dtype)
+    assert functional._fits_grouped_mm(mat) is fits
+    assert functional._fits_grouped_mm(mat.t()) is fits  # column-major: the other stride is checked
+    assert (
+        functional._fits_grouped_mm(torch.zeros(64, dtype=dtype)[1 : 1 + 16].view(4, 4)) is False
+    )  # unaligned
+
+
 def test_only_wide_pools_split_off_the_local_column_and_group_per_expert() -> None:
     gen = torch.Generator().manual_seed(0)
     with_local = torch.cat([torch.full((2048, 1), 4), torch.randint(0, 30, (2048, 1), generator=gen)], dim=1)
