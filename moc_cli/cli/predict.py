@@ -33,6 +33,14 @@ def predict(
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", min=1, help="Generation length for causal LMs.")
     ] = 64,
+    repetition_penalty: Annotated[
+        float,
+        typer.Option(
+            "--repetition-penalty",
+            min=1.0,
+            help="Causal LMs: > 1 discourages repeating tokens of the prompt or reply (1.1-1.3 typical).",
+        ),
+    ] = 1.0,
     allow_pickle: Annotated[
         bool,
         typer.Option("--allow-pickle", help="Accept a run's pickle weight files (*.bin, *.pt); unsafe."),
@@ -61,6 +69,7 @@ def predict(
             inputs,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
             progress=progress,
             allow_pickle=allow_pickle,
         )

@@ -140,7 +140,9 @@ def _classify(predictor: Predictor, batch: list[Input]) -> list[dict[str, Any]]:
     return rows
 
 
-def _generate(predictor: Predictor, batch: list[Input], max_new_tokens: int) -> list[dict[str, Any]]:
+def _generate(
+    predictor: Predictor, batch: list[Input], max_new_tokens: int, repetition_penalty: float
+) -> list[dict[str, Any]]:
     import torch
 
     tokenizer = predictor.tokenizer
@@ -158,6 +160,7 @@ def _generate(predictor: Predictor, batch: list[Input], max_new_tokens: int) -> 
             **encoded,
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            repetition_penalty=repetition_penalty,
             pad_token_id=tokenizer.pad_token_id,
         )
     new_tokens = out[:, encoded["input_ids"].shape[1] :]
@@ -171,9 +174,10 @@ def predict(
     max_new_tokens: int = 64,
     progress: bool = False,
     allow_pickle: bool = False,
+    repetition_penalty: float = 1.0,
 ) -> list[dict[str, Any]]:
     """One result per input, in order: `{"label", "score", "probabilities"}` for classification,
-    `{"score"}` for regression, `{"generated_text"}` (greedy) for causal LMs."""
+    `{"score"}` for regression, `{"generated_text"}` (greedy, with `repetition_penalty`) for causal LMs."""
     inputs = [_check_record(x, f"input {i}") for i, x in enumerate(inputs)]
     predictor = load_predictor(model_dir, allow_pickle=allow_pickle)
     predictor.model.eval()
@@ -185,7 +189,7 @@ def predict(
     results: list[dict[str, Any]] = []
     for batch in batches:
         if predictor.kind == "causal_lm":
-            results += _generate(predictor, batch, max_new_tokens)
+            results += _generate(predictor, batch, max_new_tokens, repetition_penalty)
         elif predictor.kind in ("seq_cls", "regression"):
             results += _classify(predictor, batch)
         else:

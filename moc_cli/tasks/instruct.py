@@ -257,6 +257,7 @@ class InstructTask(Task):
         "min_prompt_tokens": 16,  # drop examples whose response leaves less room than this for the prompt
         "generation_prompts": None,  # JSONL file or list of instructions for evaluate_generation
         "num_generation_prompts": 16,  # else the first N records of the evaluated split
+        "repetition_penalty": 1.0,  # > 1 discourages tokens already in a sample's prompt or reply (1: none)
     }
 
     def __init__(self, **options: Any) -> None:
@@ -268,6 +269,12 @@ class InstructTask(Task):
         if self.options["template"] not in ("auto", "chat", "plain"):
             raise TaskOptionError(
                 f"task {self.name}: option template must be auto, chat or plain, got {self.options['template']!r}"
+            )
+        penalty = self.options["repetition_penalty"]
+        if isinstance(penalty, bool) or not isinstance(penalty, int | float) or penalty < 1.0:
+            raise TaskOptionError(
+                f"task {self.name}: option repetition_penalty must be a number >= 1.0 (1.0: no penalty, "
+                f"1.1-1.3 typical), got {penalty!r}"
             )
 
     # ---- loading -----------------------------------------------------------------------------
@@ -434,7 +441,9 @@ class InstructTask(Task):
         """Greedy answers for a fixed prompt set, written to `<output_dir>/generations.jsonl`."""
         rows = self.generation_rows(raw)
         prompts = [self.prompt_ids(tokenizer, r) for r in rows]
-        answers = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+        answers = generate_greedy(
+            model, tokenizer, prompts, max_new_tokens, batch_size, self.options["repetition_penalty"]
+        )
         new_tokens = [len(a) for a in answers]
         texts = [tokenizer.decode(a, skip_special_tokens=True).strip() for a in answers]
         if output_dir is not None:
@@ -489,8 +498,12 @@ def generate_greedy(
     prompts: Sequence[list[int]],
     max_new_tokens: int,
     batch_size: int,
+    repetition_penalty: float = 1.0,
 ) -> list[list[int]]:
-    """Greedy decoding of pre-tokenised prompts, left-padded in batches; returns new tokens only."""
+    """Greedy decoding of pre-tokenised prompts, left-padded in batches; returns new tokens only.
+
+    `repetition_penalty` > 1 divides the positive (multiplies the negative) logits of tokens already
+    in the prompt or reply, which keeps small models out of loops."""
     import torch
 
     pad = pad_token_id(tokenizer)
@@ -515,6 +528,7 @@ def generate_greedy(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=1,
+                    repetition_penalty=repetition_penalty,
                     pad_token_id=pad,
                     eos_token_id=eos,
                 )

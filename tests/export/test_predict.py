@@ -162,3 +162,29 @@ def test_predict_regression_pairs_give_the_raw_score(tmp_path: Path, tiny_bert_d
     with torch.no_grad():
         expected = float(run.peft_model(**batch).logits[0, 0])
     assert rows == [{"score": expected}]
+
+
+def test_predict_repetition_penalty_matches_peft_generate(tmp_path: Path, tiny_llama_dir: Path, cli) -> None:
+    import moc_cli.export as export_api
+
+    run = make_run(tmp_path / "run", tiny_llama_dir, "moc", kind="causal_lm")
+    bundle = export_api.export(run.root, "bundle").path
+    result = cli("predict", bundle, "hello there", "--max-new-tokens", "6", "--repetition-penalty", "1.5")
+    assert result.exit_code == 0, result.stderr
+    batch = run.tokenizer(["hello there"], return_tensors="pt")
+    with torch.no_grad():
+        out = run.peft_model.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=6,
+            do_sample=False,
+            repetition_penalty=1.5,
+            pad_token_id=run.tokenizer.pad_token_id,
+        )
+    expected = run.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert json.loads(result.stdout) == {"generated_text": expected}
+    below = cli("predict", bundle, "hello there", "--repetition-penalty", "0.5")
+    assert below.exit_code == 2
+    assert (
+        "Invalid value for '--repetition-penalty': Input should be greater than or equal to 1" in below.stderr
+    )

@@ -290,3 +290,50 @@ def test_evaluate_generation_writes_jsonl(tmp_path: Path, chat_tokenizer, tiny_c
         )[0, len(prompt) :].tolist()
     assert lines[0]["generation"] == chat_tokenizer.decode(ref, skip_special_tokens=True).strip()
     assert out["generation_mean_new_tokens"] == 5.0
+
+
+def test_repetition_penalty_keeps_greedy_replies_off_seen_tokens(chat_tokenizer, tiny_causal_lm):
+    from moc_cli.tasks.instruct import generate_greedy
+
+    prompt = chat_tokenizer("say something new", add_special_tokens=False)["input_ids"]
+    loop_token = prompt[0]
+    bonus = torch.zeros(len(chat_tokenizer))
+    bonus[loop_token] = 50.0  # a model that loops: one token of the prompt always wins
+    handle = tiny_causal_lm.lm_head.register_forward_hook(lambda module, args, out: out + bonus)
+    try:
+        plain, penalised = (
+            generate_greedy(tiny_causal_lm, chat_tokenizer, [prompt], 12, 1, repetition_penalty=p)[0]
+            for p in (1.0, 1000.0)
+        )
+    finally:
+        handle.remove()
+    assert plain == [loop_token] * 12
+    # with a prohibitive penalty every new token is one neither the prompt nor the reply has used
+    assert len(penalised) == 12 and len(set(prompt + penalised)) == len(set(prompt)) + 12
+
+
+def test_instruct_samples_use_the_repetition_penalty_option(tmp_path: Path, chat_tokenizer, tiny_causal_lm):
+    from moc_cli.tasks.instruct import generate_greedy
+
+    task = get_task(
+        "instruct/alpaca", {"generation_prompts": ["name a colour"], "repetition_penalty": 1000.0}
+    )
+    task.evaluate_generation(tiny_causal_lm, chat_tokenizer, None, str(tmp_path), max_new_tokens=6)
+    prompt = task.prompt_ids(chat_tokenizer, task.instruction_row("name a colour"))
+    expected = generate_greedy(tiny_causal_lm, chat_tokenizer, [prompt], 6, 1, repetition_penalty=1000.0)[0]
+    assert (
+        read_jsonl(tmp_path / "generations.jsonl")[0]["generation"]
+        == chat_tokenizer.decode(expected, skip_special_tokens=True).strip()
+    )
+
+
+@pytest.mark.parametrize("value", [0.9, "high", True])
+def test_repetition_penalty_option_is_checked(value):
+    from moc_cli.tasks import TaskOptionError
+
+    with pytest.raises(TaskOptionError) as err:
+        get_task("instruct/alpaca", {"repetition_penalty": value})
+    assert str(err.value) == (
+        "task instruct/alpaca: option repetition_penalty must be a number >= 1.0 (1.0: no penalty, "
+        f"1.1-1.3 typical), got {value!r}"
+    )
