@@ -84,27 +84,6 @@ def test_predict_on_run_dir_uses_the_adapter(tmp_path: Path, tiny_bert_dir: Path
     assert [_rounded(r) for r in rows] == _reference(run, SAMPLE_TEXTS)
 
 
-def test_predict_generation_matches_greedy_peft_generate(tmp_path: Path, tiny_llama_dir: Path, cli) -> None:
-    import moc_cli.export as export_api
-
-    run = make_run(tmp_path / "run", tiny_llama_dir, "moc", kind="causal_lm")
-    bundle = export_api.export(run.root, "bundle").path
-    result = cli("predict", bundle, "hello there", "--max-new-tokens", "5")
-    assert result.exit_code == 0, result.stderr
-    row = json.loads(result.stdout)
-    batch = run.tokenizer(["hello there"], return_tensors="pt")
-    with torch.no_grad():
-        out = run.peft_model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=5,
-            do_sample=False,
-            pad_token_id=run.tokenizer.pad_token_id,
-        )
-    expected = run.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert row == {"generated_text": expected}
-
-
 def test_predict_input_errors(tmp_path: Path, moc_bundle, cli) -> None:
     _, bundle = moc_bundle
     none = cli("predict", bundle)
@@ -164,12 +143,16 @@ def test_predict_regression_pairs_give_the_raw_score(tmp_path: Path, tiny_bert_d
     assert rows == [{"score": expected}]
 
 
-def test_predict_repetition_penalty_matches_peft_generate(tmp_path: Path, tiny_llama_dir: Path, cli) -> None:
+@pytest.mark.parametrize("penalty", [None, 1.5])
+def test_predict_generation_matches_greedy_peft_generate(
+    tmp_path: Path, tiny_llama_dir: Path, cli, penalty: float | None
+) -> None:
     import moc_cli.export as export_api
 
     run = make_run(tmp_path / "run", tiny_llama_dir, "moc", kind="causal_lm")
     bundle = export_api.export(run.root, "bundle").path
-    result = cli("predict", bundle, "hello there", "--max-new-tokens", "6", "--repetition-penalty", "1.5")
+    flags = [] if penalty is None else ["--repetition-penalty", str(penalty)]
+    result = cli("predict", bundle, "hello there", "--max-new-tokens", "6", *flags)
     assert result.exit_code == 0, result.stderr
     batch = run.tokenizer(["hello there"], return_tensors="pt")
     with torch.no_grad():
@@ -178,7 +161,7 @@ def test_predict_repetition_penalty_matches_peft_generate(tmp_path: Path, tiny_l
             attention_mask=batch["attention_mask"],
             max_new_tokens=6,
             do_sample=False,
-            repetition_penalty=1.5,
+            repetition_penalty=penalty or 1.0,
             pad_token_id=run.tokenizer.pad_token_id,
         )
     expected = run.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
