@@ -19,9 +19,11 @@ Two implementations:
     work grows with E, which is cheap at this width.
   - wide pools (e.g. SmolLM2's 30 layers): a column where every token uses one expert (the local
     control) is a plain matmul; routed assignments are sorted by expert (one gather of `u`), each
-    expert multiplies its contiguous segment (one `torch._grouped_mm` for all of them where the
-    op takes the operands, else a loop), and one scatter-add puts the results into their tokens'
-    rows. The work follows the chosen experts, not E, however unbalanced the routing.
+    expert multiplies its own rows, and one scatter-add puts the results into their tokens' rows.
+    On CPU with balanced routing the rows sit in padded `[E, C]` slots and every product is one
+    batched `bmm`; otherwise each expert has a contiguous ragged segment (one `torch._grouped_mm`
+    for all of them where the op takes the operands, else a loop). The work follows the chosen
+    experts, not E, however unbalanced the routing.
 - `dense_mixture`: the all-rows projection in plain autograd; it stores the `[N, E*r]` projection
   and mixed operand (2*E*r numbers per token), so it is only the default where nothing is stored
   (no grad mode).
@@ -185,6 +187,72 @@ class _Segments:
             grad[j].addmm_(x[start:end].t(), y[start:end])
 
 
+class _PaddedSegments(_Segments):
+    """Routed assignments in `[E, C]` slots, C the largest segment: expert j owns slots
+    `[j*C, j*C + count_j)`, the rest are padding. Each product is then one batched `bmm`, which
+    CPU kernels split over threads by expert, where `torch._grouped_mm`'s CPU fallback runs one
+    small product after the other (SmolLM2 at 4x128: about 17 rows per expert, see
+    `benchmarks/kernels.py`).
+
+    Padding slots read token 0's row and carry coefficient 0, so their products are zero where they
+    reach an output: they add 0 to token 0 and to the weight gradients.
+    """
+
+    def __init__(self, idx: torch.Tensor, e: int, capacity: int) -> None:
+        super().__init__(idx, e)
+        assert self.order is not None and self.rows is not None and self.offsets is not None
+        self.e, self.capacity = e, capacity
+        expert = idx.reshape(-1).index_select(0, self.order)  # expert of each sorted assignment
+        starts = self.offsets.long() - torch.bincount(expert, minlength=e)
+        sorted_slots = expert * capacity + torch.arange(expert.numel(), device=idx.device) - starts[expert]
+        self.slots = sorted_slots.index_select(0, self.inverse)  # slot of each assignment, token order
+        self.slot_rows = torch.zeros(e * capacity, dtype=torch.long, device=idx.device)
+        self.slot_rows[sorted_slots] = self.rows  # the token of each slot (padding: token 0)
+
+    def gather(self, per_token: torch.Tensor) -> torch.Tensor:
+        return per_token.index_select(0, self.slot_rows)
+
+    def sort(self, per_assignment: torch.Tensor) -> torch.Tensor:
+        flat = per_assignment.reshape(self.n * self.k, -1)
+        return flat.new_zeros(self.e * self.capacity, flat.shape[1]).index_copy_(0, self.slots, flat)
+
+    def unsort(self, per_sorted: torch.Tensor) -> torch.Tensor:
+        return per_sorted.index_select(0, self.slots).view(self.n, self.k, -1)
+
+    def add_to_tokens(self, per_sorted: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
+        if total is None:
+            total = per_sorted.new_zeros(self.n, per_sorted.shape[1])
+        return total.index_add_(0, self.slot_rows, per_sorted)
+
+    def _batched(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(self.e, self.capacity, -1)
+
+    def matmul(self, x: torch.Tensor, weights: torch.Tensor, transpose: bool) -> torch.Tensor:
+        w = weights.transpose(1, 2) if transpose else weights
+        return torch.bmm(self._batched(x), w).view(self.e * self.capacity, -1)
+
+    def add_outer(self, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> None:
+        grad.baddbmm_(self._batched(x).transpose(1, 2), self._batched(y))
+
+
+# Padded slots per routed assignment up to which routed columns use `_PaddedSegments` on CPU. From
+# `benchmarks/kernels.py` (2 threads): with uniform routing (about 1.3-1.6 slots per assignment)
+# padded slots take 0.7-0.8x the ragged time for SmolLM2's pools, while routing skewed onto 2 of 30
+# experts (15 slots per assignment) takes 16x. GPUs keep ragged segments: `torch._grouped_mm` is a
+# native kernel there.
+PADDED_MAX_SLOTS_PER_ASSIGNMENT = 2.0
+
+
+def _routed_segments(idx: torch.Tensor, e: int) -> _Segments:
+    """Segments of routed columns: padded `[E, C]` slots on CPU when the largest segment is not
+    much above the mean (balanced routing), else ragged segments."""
+    counts = torch.bincount(idx.reshape(-1), minlength=e)
+    capacity = int(counts.max())
+    if idx.device.type == "cpu" and e * capacity <= PADDED_MAX_SLOTS_PER_ASSIGNMENT * idx.numel():
+        return _PaddedSegments(idx, e, capacity)
+    return _Segments(idx, e)
+
+
 def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segments | None]]:
     """Groups of columns of `idx` computed together, each with its expert segments (None: the
     all-rows projection).
@@ -202,7 +270,7 @@ def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segmen
     ]
     routed = [j for j, expert in enumerate(fixed) if expert is None]
     if routed:
-        layouts.append((routed, _Segments(idx[:, routed], e)))
+        layouts.append((routed, _routed_segments(idx[:, routed], e)))
     return layouts
 
 

@@ -36,9 +36,12 @@ def test_writes_every_strategy_with_ratios_to_all_rows(tmp_path: Path) -> None:
     assert len(lines) == 3
     # the no-grad table names what expert_compute="auto" runs: dense for pools this small
     no_grad = text[text.index("No-grad forward:") :]
-    assert no_grad.count(" | dense |\n") == 3 and "| `auto` uses |" in no_grad
+    assert no_grad.count(" | dense |\n") == 3 and "| default ÷ control | `auto` uses |" in no_grad
+    # MoC's overhead at the site: the default rule's time over the local column's alone
+    overhead = wide["sparse (default rule)"]["train"] / wide["control"]["train"]
+    assert f"{wide['control']['train'] / wide['sparse, all rows']['train']:.2f} | {overhead:.2f} |\n" in text
     # the module's settings are restored after each strategy
-    assert functional.GROUPED_MIN_WIDTH == 160
+    assert (functional.GROUPED_MIN_WIDTH, functional.PADDED_MAX_SLOTS_PER_ASSIGNMENT) == (160, 2.0)
 
 
 def test_a_wrong_strategy_fails_the_agreement_check(monkeypatch: pytest.MonkeyPatch) -> None:
