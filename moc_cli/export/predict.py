@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from moc_cli.export.bundle import MANIFEST
 from moc_cli.export.errors import ExportError
-from moc_cli.export.onnx_export import model_input_names
 
 if TYPE_CHECKING:
     from torch import nn
@@ -143,27 +142,15 @@ def _classify(predictor: Predictor, batch: list[Input]) -> list[dict[str, Any]]:
 def _generate(
     predictor: Predictor, batch: list[Input], max_new_tokens: int, repetition_penalty: float
 ) -> list[dict[str, Any]]:
-    import torch
+    from moc_cli.generation import generate_greedy
 
     tokenizer = predictor.tokenizer
     prompts = [x if isinstance(x, str) else x.get("text", x.get("sentence1", "")) for x in batch]
-    # Decoder-only generation continues the last position, so pad on the left.
-    tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, padding=True, return_tensors="pt")
+    ids = tokenizer(prompts)["input_ids"]
     model = predictor.model
-    generate = getattr(model, "generate", None) or model.model.generate
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # Tokenizers of encoder families also emit token_type_ids, which decoders reject in generate().
-    encoded = {k: encoded[k] for k in model_input_names(base, list(encoded.keys()))}
-    with torch.no_grad():
-        out = generate(
-            **encoded,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            repetition_penalty=repetition_penalty,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    new_tokens = out[:, encoded["input_ids"].shape[1] :]
+    # a bundle's control wrapper holds the transformers model (and its generate) as `.model`
+    generator = model if hasattr(model, "generate") else model.model
+    new_tokens = generate_greedy(generator, tokenizer, ids, max_new_tokens, len(ids), repetition_penalty)
     return [{"generated_text": text} for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 

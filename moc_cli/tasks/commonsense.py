@@ -15,9 +15,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from moc_cli.generation import generate_greedy
 from moc_cli.tasks import io
 from moc_cli.tasks.base import DataSource, TaskDataError, TaskOptionError
-from moc_cli.tasks.instruct import InstructTask, generate_greedy
+from moc_cli.tasks.instruct import InstructTask
 from moc_cli.tasks.registry import register_task
 
 if TYPE_CHECKING:

@@ -293,7 +293,7 @@ def test_evaluate_generation_writes_jsonl(tmp_path: Path, chat_tokenizer, tiny_c
 
 
 def test_repetition_penalty_keeps_greedy_replies_off_seen_tokens(chat_tokenizer, tiny_causal_lm):
-    from moc_cli.tasks.instruct import generate_greedy
+    from moc_cli.generation import generate_greedy
 
     prompt = chat_tokenizer("say something new", add_special_tokens=False)["input_ids"]
     loop_token = prompt[0]
@@ -313,7 +313,7 @@ def test_repetition_penalty_keeps_greedy_replies_off_seen_tokens(chat_tokenizer,
 
 
 def test_instruct_samples_use_the_repetition_penalty_option(tmp_path: Path, chat_tokenizer, tiny_causal_lm):
-    from moc_cli.tasks.instruct import generate_greedy
+    from moc_cli.generation import generate_greedy
 
     task = get_task(
         "instruct/alpaca", {"generation_prompts": ["name a colour"], "repetition_penalty": 1000.0}
