@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only measure peak RSS, filling it into the stored run of the same model, batch size and length",
     )
+    parser.add_argument(
+        "--saved-only",
+        action="store_true",
+        help="only measure the bytes saved for backward, filling them into the stored run of the same "
+        "model, batch size and length",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument(
         "--report-only", action="store_true", help="only regenerate the report from the stored results"
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=args.output_dir,
             command=shlex.join(["python", "benchmarks/efficiency.py", *argv]),
             rss_only=args.rss_only,
+            saved_only=args.saved_only,
         )
     except EfficiencyError as err:
         print(f"error: {err}", file=sys.stderr)

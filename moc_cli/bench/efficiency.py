@@ -433,6 +433,26 @@ def measure_peak_rss(
         log(f"[{run['model']} seq={run['seq_len']}] {method}: peak RSS +{peak / 2**20:.1f} MiB")
 
 
+def measure_saved_bytes(
+    run: dict[str, Any], methods: Sequence[str], log: Callable[[str], None] = print
+) -> None:
+    """Re-measure the bytes saved for backward of `methods` in `run` (one forward each, no timing)."""
+    import torch
+
+    bench_model = resolve_benchmark_model(run["model"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = {r["method"]: r for r in run["methods"]}
+    for method in methods:
+        model = build_model(bench_model, method).to(device)
+        batch = make_batch(model, bench_model.kind, run["batch_size"], run["seq_len"])
+        rows[method]["saved_bytes"] = saved_bytes_of_step(model, batch)
+        log(
+            f"[{run['model']} seq={run['seq_len']}] {method}: saved {rows[method]['saved_bytes'] / 2**20:.1f} MiB"
+        )
+        del model, batch
+        gc.collect()
+
+
 def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of a run with every figure divided by Control's (Control itself: 1.0)."""
     rows = {r["method"]: r for r in run["methods"]}
@@ -491,11 +511,13 @@ def run_efficiency_benchmark(
     command: str,
     log: Callable[[str], None] = print,
     rss_only: bool = False,
+    saved_only: bool = False,
 ) -> Path:
     """Run every (model, sequence length), merge into `efficiency.json`, regenerate report and chart.
 
-    With `rss_only`, only the peak RSS of the stored run of each (model, batch size, sequence
-    length) is measured and filled in, keeping its timings.
+    With `rss_only` (peak RSS, fresh processes) and/or `saved_only` (bytes saved for backward), only
+    that figure of the stored run of each (model, batch size, sequence length) is measured again and
+    filled in, keeping its timings.
     """
     from moc_cli.bench.report import write_efficiency_report
 
@@ -508,19 +530,24 @@ def run_efficiency_benchmark(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     store = output_dir / RESULTS_JSON
+    flag = " ".join(f for f, on in (("--rss-only", rss_only), ("--saved-only", saved_only)) if on)
     for model in models:
         for seq_len in seq_lens:
-            if rss_only:
-                run = stored_run(store, model, batch_size, seq_len)
+            if flag:
+                run = stored_run(store, model, batch_size, seq_len, flag)
                 stored = [m["method"] for m in run["methods"]]
                 missing = [m for m in methods or [] if m not in stored]
                 if missing:
                     raise EfficiencyError(
-                        f"--rss-only: the stored run of --model {model} --batch-size {batch_size} "
+                        f"{flag}: the stored run of --model {model} --batch-size {batch_size} "
                         f"--seq-len {seq_len} has no method {missing[0]!r}; it has {', '.join(stored)}"
                     )
-                measure_peak_rss(run, methods or stored, threads, log=log)
-                run["rss_command"] = command
+                if saved_only:
+                    measure_saved_bytes(run, methods or stored, log=log)
+                    run["saved_command"] = command
+                if rss_only:
+                    measure_peak_rss(run, methods or stored, threads, log=log)
+                    run["rss_command"] = command
             else:
                 run = run_efficiency(
                     model, methods, batch_size, seq_len, steps, warmup, rounds, threads, measure_rss, log=log
@@ -530,7 +557,7 @@ def run_efficiency_benchmark(
     return write_efficiency_report(load_runs(store), output_dir)
 
 
-def stored_run(store: Path, model: str, batch_size: int, seq_len: int) -> dict[str, Any]:
+def stored_run(store: Path, model: str, batch_size: int, seq_len: int, flag: str) -> dict[str, Any]:
     """The stored run of (model, batch size, sequence length); the timed one if there are two."""
     runs = [
         r
@@ -539,8 +566,8 @@ def stored_run(store: Path, model: str, batch_size: int, seq_len: int) -> dict[s
     ]
     if not runs:
         raise EfficiencyError(
-            f"--rss-only: {store} has no run of --model {model} --batch-size {batch_size} --seq-len {seq_len}; "
-            "run the benchmark without --rss-only first"
+            f"{flag}: {store} has no run of --model {model} --batch-size {batch_size} --seq-len {seq_len}; "
+            f"run the benchmark without {flag} first"
         )
     return max(runs, key=lambda r: r["steps"] > 0)
 

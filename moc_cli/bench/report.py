@@ -101,7 +101,12 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
             f"sequence length {run['seq_len']}" + (", timed" if run["steps"] > 0 else ", memory only"),
             "",
             f"- command: `{run.get('command', '')}`"
-            + (f"; peak RSS measured afterwards by `{run['rss_command']}`" if run.get("rss_command") else ""),
+            + (f"; peak RSS measured afterwards by `{run['rss_command']}`" if run.get("rss_command") else "")
+            + (
+                f"; saved bytes measured again by `{run['saved_command']}`"
+                if run.get("saved_command")
+                else ""
+            ),
             f"- date: {run['date_utc']}; wall time {run['wall_s']:.0f} s; device {run['device']}"
             + (f" ({m['cuda']})" if m.get("cuda") else ""),
             f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['ram_gib']} GiB RAM, "

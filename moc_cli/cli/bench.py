@@ -60,6 +60,14 @@ def bench(
             "batch size and length (its timings are kept).",
         ),
     ] = False,
+    saved_only: Annotated[
+        bool,
+        typer.Option(
+            "--saved-only",
+            help="Efficiency: only measure the bytes saved for backward, filling them into the stored run "
+            "of the same model, batch size and length (its timings are kept).",
+        ),
+    ] = False,
     task: Annotated[
         list[str] | None,
         typer.Option("--task", help="Accuracy: task names (repeatable), e.g. glue/rte.", show_default=False),
@@ -115,6 +123,7 @@ def bench(
                 output_dir=output_dir,
                 command=command,
                 rss_only=rss_only,
+                saved_only=saved_only,
             )
         except EfficiencyError as err:
             typer.echo(f"error: {err}", err=True)

@@ -213,3 +213,39 @@ def test_rss_only_fills_peak_memory_into_the_stored_run_and_keeps_its_timings(
     assert [m["step_times"] for m in run["methods"]] == [m["step_times"] for m in timed["methods"]]
     assert (run["command"], run["rss_command"]) == ("timed", "rss")
     assert "- command: `timed`; peak RSS measured afterwards by `rss`" in report.read_text()
+
+
+def test_saved_only_measures_the_saved_bytes_again_and_keeps_the_timings(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    def bench(**kw: object) -> Path:
+        args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
+        return run_efficiency_benchmark(
+            [str(tiny_bert_dir)], log=lambda _m: None, output_dir=tmp_path, **{**args, **kw}
+        )
+
+    with pytest.raises(EfficiencyError) as err:
+        bench(methods=None, command="saved", saved_only=True)
+    assert str(err.value) == (
+        f"--saved-only: {tmp_path / 'efficiency.json'} has no run of --model {tiny_bert_dir} --batch-size 2 "
+        "--seq-len 8; run the benchmark without --saved-only first"
+    )
+    bench(methods=["control", "moc-ffn"], command="timed")
+    store = tmp_path / "efficiency.json"
+    timed = json.loads(store.read_text())["runs"][0]
+    stale = json.loads(store.read_text())
+    for row in stale["runs"][0]["methods"]:
+        row["saved_bytes"] = 1  # as if measured by an older profiler
+    store.write_text(json.dumps(stale))
+    with pytest.raises(EfficiencyError) as err:
+        bench(methods=["lora-all"], command="saved", saved_only=True, rss_only=True)
+    assert str(err.value).startswith("--rss-only --saved-only: the stored run of --model")
+    report = bench(methods=["moc-ffn"], command="saved", saved_only=True)
+    (run,) = json.loads(store.read_text())["runs"]
+    rows = {m["method"]: m for m in run["methods"]}
+    # the measurement is deterministic: the timed run's figure again; control was not asked for
+    assert rows["moc-ffn"]["saved_bytes"] == timed["methods"][1]["saved_bytes"] > 1
+    assert rows["control"]["saved_bytes"] == 1
+    assert [m["step_times"] for m in run["methods"]] == [m["step_times"] for m in timed["methods"]]
+    assert (run["command"], run["saved_command"]) == ("timed", "saved")
+    assert "- command: `timed`; saved bytes measured again by `saved`" in report.read_text()

@@ -106,3 +106,23 @@ def test_saved_bytes_under_bf16_autocast_stay_close_to_control() -> None:
 
     # fp32 controls computed in bf16 save no extra copy of u: the ratio stays as in fp32
     assert measure() / measure(global_control=False) <= 1.15
+
+
+def test_saved_bytes_count_only_what_the_graph_still_holds() -> None:
+    """A graph built and dropped inside the forward (as DoRA does for its detached weight norm) frees
+    what it saved; it must not count, nor collide with a later tensor at the freed address."""
+    x = torch.randn(64, 64, requires_grad=True)
+
+    def step() -> torch.Tensor:
+        for _ in range(3):
+            scratch = x.sin().cos()  # cos saves its 16 KiB input; the graph dies with `scratch`
+            del scratch
+        kept = x.exp()  # exp saves its 16 KiB output, held by the returned graph
+        return kept.sum()
+
+    measured = saved_tensor_bytes(step, exclude=[x])
+    assert (measured.total_bytes, measured.num_storages, measured.num_saved_tensors) == (
+        64 * 64 * 4,
+        1,
+        7,
+    )  # sin saves x (excluded)
