@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,23 +176,37 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
     ]
 
 
+def _tiny_bench(model_dir: Path, output_dir: Path) -> Callable[..., Path]:
+    """One-step efficiency runs of a tiny model at batch 2 x 8 tokens, stored in `output_dir`."""
+
+    def bench(**kw: object) -> Path:
+        args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
+        return run_efficiency_benchmark(
+            [str(model_dir)], log=lambda _m: None, output_dir=output_dir, **{**args, **kw}
+        )
+
+    return bench
+
+
+@pytest.mark.parametrize("flag", ["--rss-only", "--saved-only"])
+def test_measuring_one_figure_again_needs_a_stored_run(
+    flag: str, tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    option = {"--rss-only": "rss_only", "--saved-only": "saved_only"}[flag]
+    with pytest.raises(EfficiencyError) as err:
+        _tiny_bench(tiny_bert_dir, tmp_path)(methods=None, command="again", **{option: True})
+    assert str(err.value) == (
+        f"{flag}: {tmp_path / 'efficiency.json'} has no run of --model {tiny_bert_dir} --batch-size 2 "
+        f"--seq-len 8; run the benchmark without {flag} first"
+    )
+
+
 def test_rss_only_fills_peak_memory_into_the_stored_run_and_keeps_its_timings(
     tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import moc_cli.bench.efficiency as efficiency
 
-    def bench(**kw: object) -> Path:
-        args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
-        return run_efficiency_benchmark(
-            [str(tiny_bert_dir)], log=lambda _m: None, output_dir=tmp_path, **{**args, **kw}
-        )
-
-    with pytest.raises(EfficiencyError) as err:
-        bench(methods=None, command="rss", rss_only=True)
-    assert str(err.value) == (
-        f"--rss-only: {tmp_path / 'efficiency.json'} has no run of --model {tiny_bert_dir} --batch-size 2 "
-        "--seq-len 8; run the benchmark without --rss-only first"
-    )
+    bench = _tiny_bench(tiny_bert_dir, tmp_path)
     bench(methods=["control", "moc-ffn"], command="timed")
     timed = json.loads((tmp_path / "efficiency.json").read_text())["runs"][0]
     with pytest.raises(EfficiencyError) as err:
@@ -218,18 +233,7 @@ def test_rss_only_fills_peak_memory_into_the_stored_run_and_keeps_its_timings(
 def test_saved_only_measures_the_saved_bytes_again_and_keeps_the_timings(
     tiny_bert_dir: Path, tmp_path: Path
 ) -> None:
-    def bench(**kw: object) -> Path:
-        args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
-        return run_efficiency_benchmark(
-            [str(tiny_bert_dir)], log=lambda _m: None, output_dir=tmp_path, **{**args, **kw}
-        )
-
-    with pytest.raises(EfficiencyError) as err:
-        bench(methods=None, command="saved", saved_only=True)
-    assert str(err.value) == (
-        f"--saved-only: {tmp_path / 'efficiency.json'} has no run of --model {tiny_bert_dir} --batch-size 2 "
-        "--seq-len 8; run the benchmark without --saved-only first"
-    )
+    bench = _tiny_bench(tiny_bert_dir, tmp_path)
     bench(methods=["control", "moc-ffn"], command="timed")
     store = tmp_path / "efficiency.json"
     timed = json.loads(store.read_text())["runs"][0]
