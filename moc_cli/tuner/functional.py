@@ -12,18 +12,19 @@ Two implementations:
 
 - `sparse_mixture` (custom autograd function) saves only `u` (already saved by the frozen
   sub-block), the chosen r-wide projections `z_sel [N, m, r]`, `idx` and `coef`: about 2r + 2m
-  numbers per token per site; the backward recomputes every temporary. How it computes depends
-  on the pool width E*r:
+  numbers per token per site, plus, for wide pools, the expert layout's index tensors (a few
+  integers per token); the backward recomputes every other temporary. How it computes depends on
+  the pool width E*r:
   - narrow pools (E*r < `GROUPED_MIN_WIDTH`, e.g. MiniLM's 6 layers at r=16): every token is
     projected through all E*r rows of `A` at once and the chosen r-wide slices are gathered; the
     work grows with E, which is cheap at this width.
   - wide pools (e.g. SmolLM2's 30 layers): a column where every token uses one expert (the local
     control) is a plain matmul; routed assignments are sorted by expert (one gather of `u`), each
-    expert multiplies its own rows, and one scatter-add puts the results into their tokens' rows.
-    On CPU with balanced routing the rows sit in padded `[E, C]` slots and every product is one
-    batched `bmm`; otherwise each expert has a contiguous ragged segment (one `torch._grouped_mm`
-    for all of them where the op takes the operands, else a loop). The work follows the chosen
-    experts, not E, however unbalanced the routing.
+    expert multiplies its contiguous segment (one `torch._grouped_mm` for all of them where the
+    op takes the operands, else a loop), and one scatter-add puts the results into their tokens'
+    rows. The work follows the chosen experts, not E, however unbalanced the routing. (Padding
+    the segments to a common size for one batched `bmm` was tried: with the long-tailed routing of
+    untrained routers it made SmolLM2's training step slower, see `benchmarks/kernels.py`.)
 - `dense_mixture`: the all-rows projection in plain autograd; it stores the `[N, E*r]` projection
   and mixed operand (2*E*r numbers per token), so it is only the default where nothing is stored
   (no grad mode).
@@ -133,6 +134,10 @@ class _Segments:
             if end > start
         ]
 
+    def index_tensors(self) -> list[torch.Tensor]:
+        """The index tensors the layout holds (kept for the backward, so they count as saved)."""
+        return [t for t in (self.order, self.rows, self.inverse, self.offsets) if t is not None]
+
     def gather(self, per_token: torch.Tensor) -> torch.Tensor:
         """`[N, w]` -> `[M, w]` in sorted order (each token once per assignment)."""
         return per_token if self.rows is None else per_token.index_select(0, self.rows)
@@ -187,72 +192,6 @@ class _Segments:
             grad[j].addmm_(x[start:end].t(), y[start:end])
 
 
-class _PaddedSegments(_Segments):
-    """Routed assignments in `[E, C]` slots, C the largest segment: expert j owns slots
-    `[j*C, j*C + count_j)`, the rest are padding. Each product is then one batched `bmm`, which
-    CPU kernels split over threads by expert, where `torch._grouped_mm`'s CPU fallback runs one
-    small product after the other (SmolLM2 at 4x128: about 17 rows per expert, see
-    `benchmarks/kernels.py`).
-
-    Padding slots read token 0's row and carry coefficient 0, so their products are zero where they
-    reach an output: they add 0 to token 0 and to the weight gradients.
-    """
-
-    def __init__(self, idx: torch.Tensor, e: int, capacity: int) -> None:
-        super().__init__(idx, e)
-        assert self.order is not None and self.rows is not None and self.offsets is not None
-        self.e, self.capacity = e, capacity
-        expert = idx.reshape(-1).index_select(0, self.order)  # expert of each sorted assignment
-        starts = self.offsets.long() - torch.bincount(expert, minlength=e)
-        sorted_slots = expert * capacity + torch.arange(expert.numel(), device=idx.device) - starts[expert]
-        self.slots = sorted_slots.index_select(0, self.inverse)  # slot of each assignment, token order
-        self.slot_rows = torch.zeros(e * capacity, dtype=torch.long, device=idx.device)
-        self.slot_rows[sorted_slots] = self.rows  # the token of each slot (padding: token 0)
-
-    def gather(self, per_token: torch.Tensor) -> torch.Tensor:
-        return per_token.index_select(0, self.slot_rows)
-
-    def sort(self, per_assignment: torch.Tensor) -> torch.Tensor:
-        flat = per_assignment.reshape(self.n * self.k, -1)
-        return flat.new_zeros(self.e * self.capacity, flat.shape[1]).index_copy_(0, self.slots, flat)
-
-    def unsort(self, per_sorted: torch.Tensor) -> torch.Tensor:
-        return per_sorted.index_select(0, self.slots).view(self.n, self.k, -1)
-
-    def add_to_tokens(self, per_sorted: torch.Tensor, total: torch.Tensor | None) -> torch.Tensor:
-        if total is None:
-            total = per_sorted.new_zeros(self.n, per_sorted.shape[1])
-        return total.index_add_(0, self.slot_rows, per_sorted)
-
-    def _batched(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(self.e, self.capacity, -1)
-
-    def matmul(self, x: torch.Tensor, weights: torch.Tensor, transpose: bool) -> torch.Tensor:
-        w = weights.transpose(1, 2) if transpose else weights
-        return torch.bmm(self._batched(x), w).view(self.e * self.capacity, -1)
-
-    def add_outer(self, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor) -> None:
-        grad.baddbmm_(self._batched(x).transpose(1, 2), self._batched(y))
-
-
-# Padded slots per routed assignment up to which routed columns use `_PaddedSegments` on CPU. From
-# `benchmarks/kernels.py` (2 threads): with uniform routing (about 1.3-1.6 slots per assignment)
-# padded slots take 0.7-0.8x the ragged time for SmolLM2's pools, while routing skewed onto 2 of 30
-# experts (15 slots per assignment) takes 16x. GPUs keep ragged segments: `torch._grouped_mm` is a
-# native kernel there.
-PADDED_MAX_SLOTS_PER_ASSIGNMENT = 2.0
-
-
-def _routed_segments(idx: torch.Tensor, e: int) -> _Segments:
-    """Segments of routed columns: padded `[E, C]` slots on CPU when the largest segment is not
-    much above the mean (balanced routing), else ragged segments."""
-    counts = torch.bincount(idx.reshape(-1), minlength=e)
-    capacity = int(counts.max())
-    if idx.device.type == "cpu" and e * capacity <= PADDED_MAX_SLOTS_PER_ASSIGNMENT * idx.numel():
-        return _PaddedSegments(idx, e, capacity)
-    return _Segments(idx, e)
-
-
 def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segments | None]]:
     """Groups of columns of `idx` computed together, each with its expert segments (None: the
     all-rows projection).
@@ -270,12 +209,17 @@ def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segmen
     ]
     routed = [j for j, expert in enumerate(fixed) if expert is None]
     if routed:
-        layouts.append((routed, _routed_segments(idx[:, routed], e)))
+        layouts.append((routed, _Segments(idx[:, routed], e)))
     return layouts
 
 
+def _span(cols: list[int]) -> slice | list[int]:
+    """Columns as a slice when contiguous (a view, no indexing kernel), else the list."""
+    return slice(cols[0], cols[-1] + 1) if cols == list(range(cols[0], cols[-1] + 1)) else cols
+
+
 def _columns(x: torch.Tensor, cols: list[int]) -> torch.Tensor:
-    return x if len(cols) == x.shape[1] else x[:, cols]
+    return x if len(cols) == x.shape[1] else x[:, _span(cols)]
 
 
 def _group_forward(
@@ -386,7 +330,8 @@ class _SparseMixture(torch.autograd.Function):
             # into slices of an uninitialised buffer
             z_cols: dict[int, torch.Tensor] = {}
             out: torch.Tensor | None = None
-            for cols, seg in _layouts(idx, e, r):
+            layouts = _layouts(idx, e, r)
+            for cols, seg in layouts:
                 out, z = _group_forward(u_c, a_c, bt_c, _columns(idx, cols), _columns(coef_c, cols), seg, out)
                 z_cols.update((j, z[:, i]) for i, j in enumerate(cols))
             z_sel = torch.stack([z_cols[j] for j in range(idx.shape[1])], dim=1)
@@ -395,18 +340,21 @@ class _SparseMixture(torch.autograd.Function):
         # (an expanded constant index, as for Control, already costs nothing and stays as is)
         compact = e <= torch.iinfo(torch.int16).max and idx.stride(0) != 0
         small_idx = idx.to(torch.int16) if compact else idx
-        ctx.save_for_backward(u, a_pool, bt_pool, small_idx, coef, z_sel)
+        # The backward reuses the expert layouts instead of sorting again; their index tensors go
+        # through save_for_backward too, so that saved-bytes measurements count them.
+        ctx.layouts = layouts
+        held = [t for _, seg in layouts if seg is not None for t in seg.index_tensors()]
+        ctx.save_for_backward(u, a_pool, bt_pool, small_idx, coef, z_sel, *held)
         ctx.scale = scale
         ctx.cdt = cdt
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        u, a_pool, bt_pool, idx, coef, z_sel = ctx.saved_tensors
+        u, a_pool, bt_pool, idx, coef, z_sel = ctx.saved_tensors[:6]
         idx = idx.long()
         scale, cdt = ctx.scale, ctx.cdt
         need_u, need_a, need_b, _, need_coef = ctx.needs_input_grad[:5]
-        e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
             go = grad_out.to(cdt)
             u_c, a_c, bt_c, coef_c = u.to(cdt), a_pool.to(cdt), bt_pool.to(cdt), _scaled(coef.to(cdt), scale)
@@ -414,7 +362,7 @@ class _SparseMixture(torch.autograd.Function):
             grad_b = torch.zeros_like(bt_c) if need_b else None
             grad_coef = torch.empty_like(coef_c) if need_coef else None
             grad_u = None
-            for cols, seg in _layouts(idx, e, r):
+            for cols, seg in ctx.layouts:
                 grad_u, part_coef = _group_backward(
                     go,
                     u_c,
@@ -430,7 +378,7 @@ class _SparseMixture(torch.autograd.Function):
                     (need_u, need_coef),
                 )
                 if grad_coef is not None:
-                    grad_coef[:, cols] = part_coef
+                    grad_coef[:, _span(cols)] = part_coef
             if grad_coef is not None:
                 grad_coef = _scaled(grad_coef, scale)  # the groups' gradients are for coef * scale
 

@@ -13,7 +13,8 @@ from moc_cli.tuner import functional
 SHAPES = (
     Shape("narrow", 64, 16, 3, 4),
     Shape("wide", 64, 16, 20, 8),
-    Shape("wide, skewed", 64, 16, 20, 8, True),
+    Shape("wide, two experts", 64, 16, 20, 8, routing="two experts"),
+    Shape("wide, long tail", 64, 16, 20, 8, routing="long tail"),
 )
 
 
@@ -23,7 +24,12 @@ def test_writes_every_strategy_with_ratios_to_all_rows(tmp_path: Path) -> None:
         SHAPES, repeats=1, rounds=1, threads=1, output_dir=tmp_path, command="cmd", log=lines.append
     )
     record = json.loads((tmp_path / "kernels.json").read_text(encoding="utf-8"))
-    assert [row["shape"]["label"] for row in record["rows"]] == ["narrow", "wide", "wide, skewed"]
+    assert [row["shape"]["label"] for row in record["rows"]] == [
+        "narrow",
+        "wide",
+        "wide, two experts",
+        "wide, long tail",
+    ]
     for row in record["rows"]:
         assert set(row["ms"]) == set(STRATEGIES)
         assert all(v[kind] > 0 for v in row["ms"].values() for kind in ("train", "infer"))
@@ -33,15 +39,15 @@ def test_writes_every_strategy_with_ratios_to_all_rows(tmp_path: Path) -> None:
     wide = record["rows"][1]["ms"]
     ratio = wide["dense"]["train"] / wide["sparse, all rows"]["train"]
     assert f"{wide['dense']['train']:.1f} | {ratio:.2f} |" in text
-    assert len(lines) == 3
+    assert len(lines) == 4
     # the no-grad table names what expert_compute="auto" runs: dense for pools this small
     no_grad = text[text.index("No-grad forward:") :]
-    assert no_grad.count(" | dense |\n") == 3 and "| default ÷ control | `auto` uses |" in no_grad
+    assert no_grad.count(" | dense |\n") == 4 and "| default ÷ control | `auto` uses |" in no_grad
     # MoC's overhead at the site: the default rule's time over the local column's alone
     overhead = wide["sparse (default rule)"]["train"] / wide["control"]["train"]
     assert f"{wide['control']['train'] / wide['sparse, all rows']['train']:.2f} | {overhead:.2f} |\n" in text
     # the module's settings are restored after each strategy
-    assert (functional.GROUPED_MIN_WIDTH, functional.PADDED_MAX_SLOTS_PER_ASSIGNMENT) == (160, 2.0)
+    assert functional.GROUPED_MIN_WIDTH == 160
 
 
 def test_a_wrong_strategy_fails_the_agreement_check(monkeypatch: pytest.MonkeyPatch) -> None:

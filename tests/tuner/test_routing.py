@@ -13,6 +13,7 @@ from moc_cli import MocConfig
 from moc_cli.tuner import functional, reset_routing_stats, routing_stats
 from moc_cli.tuner.architectures import resolve_plan
 from moc_cli.tuner.functional import dense_mixture, sparse_mixture
+from moc_cli.tuner.profiling import saved_tensor_bytes
 
 
 def _randomize(model, std: float = 0.3, seed: int = 7) -> None:
@@ -220,11 +221,7 @@ def _mixture_inputs(m: int, local: bool, n: int = 11, e: int = 5, r: int = 3, d:
 
 
 # module constants forcing each way of computing routed columns
-STRATEGIES = {
-    "padded": {"GROUPED_MIN_WIDTH": 0, "PADDED_MAX_SLOTS_PER_ASSIGNMENT": float("inf")},
-    "ragged": {"GROUPED_MIN_WIDTH": 0, "PADDED_MAX_SLOTS_PER_ASSIGNMENT": 0},
-    "all-rows": {"GROUPED_MIN_WIDTH": 10**9},
-}
+STRATEGIES = {"per-expert": {"GROUPED_MIN_WIDTH": 0}, "all-rows": {"GROUPED_MIN_WIDTH": 10**9}}
 
 
 def _force(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,7 +236,7 @@ def _force(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_sparse_function_matches_dense_autograd(
     m: int, local: bool, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # tokens sorted by expert into padded slots or ragged segments, or every token projected
+    # tokens sorted by expert into segments, or every token projected
     # through all E*r rows of A
     _force(strategy, monkeypatch)
     u, a, bt, idx, coef = _mixture_inputs(m, local)
@@ -269,7 +266,6 @@ def test_grouped_product_gives_the_per_expert_loop_results(
 ) -> None:
     """Routed segments go through one `torch._grouped_mm` when the operands allow it; its output
     and every gradient must equal the per-expert loop it replaces (exactly in float32)."""
-    _force("ragged", monkeypatch)
     u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=256, e=30, r=16, d=64)  # E*r=480: per expert
     idx[idx[:, 1] == 5, 1] = 6  # an expert no token picks: an empty segment
     leaves = [x.detach().to(dtype).requires_grad_() for x in (u, a, bt, coef)]
@@ -293,45 +289,21 @@ def test_grouped_product_gives_the_per_expert_loop_results(
             torch.testing.assert_close(g, ref, rtol=0, atol=float(ref.detach().abs().max()) * 2**-7)
 
 
-def test_padded_slots_give_the_ragged_segments_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CPU, balanced routed columns run as one batched product over `[E, C]` slots; padding
-    slots (which read token 0) must add nothing to token 0 nor to the weight gradients."""
-    u, a, bt, idx, coef = _mixture_inputs(3, local=True, n=256, e=30, r=16, d=64)
-    idx[idx[:, 1] == 5, 1] = 6  # an expert no token picks: all its slots are padding
-    calls = []
-    bmm, baddbmm = torch.bmm, torch.Tensor.baddbmm_
-    monkeypatch.setattr(torch, "bmm", lambda *args: calls.append("bmm") or bmm(*args))
-    monkeypatch.setattr(torch.Tensor, "baddbmm_", lambda *args: calls.append("baddbmm_") or baddbmm(*args))
-
-    def run(strategy: str) -> list[torch.Tensor]:
-        _force(strategy, monkeypatch)
-        out = sparse_mixture(u, a, bt, idx, coef, 1.5)
-        return [out, *torch.autograd.grad((out * torch.linspace(-1, 1, 64)).sum(), (u, a, bt, coef))]
-
-    padded = run("padded")
-    # forward: A and B products; backward: two products and two weight gradients
-    assert sorted(calls) == ["baddbmm_"] * 2 + ["bmm"] * 4
-    ragged = run("ragged")
-    assert len(calls) == 6
-    for p, ref in zip(padded, ragged, strict=True):
-        torch.testing.assert_close(p, ref, rtol=1e-6, atol=1e-6)
-
-
-def test_routed_columns_are_padded_only_when_routing_is_balanced() -> None:
-    gen = torch.Generator().manual_seed(0)
-    balanced = torch.arange(2048).remainder(30).view(2048, 1)  # 68-69 assignments per expert
-    assert isinstance(functional._routed_segments(balanced, e=30), functional._PaddedSegments)
-    skewed = torch.randint(0, 2, (2048, 1), generator=gen)  # two experts: 30 x ~1024 slots
-    seg = functional._routed_segments(skewed, e=30)
-    assert type(seg) is functional._Segments
-    # the slot layout: expert j's assignments fill slots j*C.. in token order, the rest is padding
-    idx = torch.tensor([[2, 0], [2, 2], [1, 0]])
-    padded = functional._PaddedSegments(idx, e=3, capacity=3)
-    assert padded.slots.tolist() == [6, 0, 7, 8, 3, 1]
-    assert padded.slot_rows.tolist() == [0, 2, 0, 2, 0, 0, 0, 1, 1]
-    per_assignment = torch.arange(1.0, 7.0).view(3, 2, 1)
-    assert padded.sort(per_assignment).view(-1).tolist() == [2, 6, 0, 5, 0, 0, 1, 3, 4]
-    assert torch.equal(padded.unsort(padded.sort(per_assignment)), per_assignment)
+def test_backward_reuses_the_forward_expert_layout_and_it_counts_as_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=256, e=30, r=16, d=64)  # E*r=480: per expert
+    sorts = []
+    argsort = torch.argsort
+    monkeypatch.setattr(torch, "argsort", lambda *args, **kw: sorts.append(1) or argsort(*args, **kw))
+    measured = saved_tensor_bytes(
+        lambda: sparse_mixture(u, a, bt, idx, coef, 1.5).sum(), exclude=[u, a, bt, coef]
+    )
+    measured.result.backward()
+    assert len(sorts) == 1  # the routed column is sorted by expert once, in the forward
+    # z_sel [256, 2, 16] float32, idx as int16, the routed column's sorted order, token rows and
+    # inverse order (int64 per assignment) and segment ends (int32 per expert)
+    assert measured.total_bytes == 256 * 2 * 16 * 4 + 256 * 2 * 2 + 3 * 256 * 8 + 30 * 4
 
 
 @pytest.mark.parametrize(
