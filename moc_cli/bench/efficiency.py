@@ -162,17 +162,26 @@ def saved_bytes_of_step(model: Any, batch: dict[str, Any]) -> int:
     return int(measured.total_bytes)
 
 
-def timing_order(methods: Sequence[str]) -> list[str]:
-    """`methods` with every MoC variant moved right after its same-site Control (when both are
-    timed), so that the two are measured minutes apart at most."""
-    order: list[str] = []
+def timing_groups(methods: Sequence[str]) -> list[list[str]]:
+    """`methods` in timing order, grouped: each Control with the MoC variants on its sites (when
+    both are timed), every other method on its own."""
+    groups: list[list[str]] = []
+    placed: set[str] = set()
     for method in methods:
-        control = SAME_SITE_CONTROL.get(method)
+        if method in placed:
+            continue
+        control = SAME_SITE_CONTROL.get(method, method)
         group = [method]
         if control in methods:
             group = [control, *(m for m in methods if SAME_SITE_CONTROL.get(m) == control)]
-        order += [m for m in group if m not in order]
-    return order
+        groups.append(group)
+        placed.update(group)
+    return groups
+
+
+def timing_order(methods: Sequence[str]) -> list[str]:
+    """`methods` with every MoC variant moved right after its same-site Control."""
+    return [m for group in timing_groups(methods) for m in group]
 
 
 def round_medians(step_times: Sequence[float], rounds: int) -> list[float]:
@@ -211,44 +220,60 @@ def measure_in_process(
     device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, MethodResult]:
-    """Parameters and saved bytes (round 0), step times (every round); methods interleaved per round."""
+    """Parameters and saved bytes (round 0), step times (every round).
+
+    Rounds run the methods in alternating order (ABBA). On CPU, a Control and the MoC variants on
+    its sites are built together and their timed steps alternate one by one, so that they see the
+    same machine speed: a shared machine's speed drifts over seconds, faster than a block of steps.
+    (On a GPU each method is timed alone, because the CUDA peak memory is read per method.)
+    """
     import torch
 
     results = {m: MethodResult(m) for m in methods}
     if steps == 0:
         rounds, warmup = 1, 0  # no timing: only parameters and saved bytes
-    order = timing_order(methods)
+    interleave = device == "cpu"
+    groups = timing_groups(methods) if interleave else [[m] for m in timing_order(methods)]
     for round_index in range(rounds):
-        for method in order if round_index % 2 == 0 else order[::-1]:
-            model = build_model(bench_model, method).to(device)
-            res = results[method]
-            batch = make_batch(model, bench_model.kind, batch_size, seq_len)
-            optimizer = make_optimizer(model)
-            if round_index == 0:
-                res.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-                res.total_params = sum(p.numel() for p in model.parameters())
-                res.saved_bytes = saved_bytes_of_step(model, batch)
-            for _ in range(warmup):
-                train_step(model, optimizer, batch)
+        forward = round_index % 2 == 0
+        for group in groups if forward else groups[::-1]:
+            members = group if forward else group[::-1]
+            live = {}
+            for method in members:
+                model = build_model(bench_model, method).to(device)
+                batch = make_batch(model, bench_model.kind, batch_size, seq_len)
+                optimizer = make_optimizer(model)
+                res = results[method]
+                if round_index == 0:
+                    res.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                    res.total_params = sum(p.numel() for p in model.parameters())
+                    res.saved_bytes = saved_bytes_of_step(model, batch)
+                for _ in range(warmup):
+                    train_step(model, optimizer, batch)
+                live[method] = (model, optimizer, batch)
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 base_alloc = torch.cuda.memory_allocated()
-            for _ in range(steps):
-                _sync(device)
-                start = time.perf_counter()
-                train_step(model, optimizer, batch)
-                _sync(device)
-                res.step_times.append(time.perf_counter() - start)
-            if device == "cuda" and steps > 0:
-                peak = torch.cuda.max_memory_allocated() - base_alloc
-                res.peak_bytes = max(res.peak_bytes or 0, peak)
-                res.peak_kind = "CUDA peak allocated above the idle model"
-            timing = f"median {statistics.median(res.step_times[-steps:]):.3f}s, " if steps > 0 else ""
-            log(
-                f"[{bench_model.label} seq={seq_len}] round {round_index + 1}/{rounds} {method}: "
-                f"{timing}saved {res.saved_bytes / 2**20:.1f} MiB"
-            )
-            del model, optimizer, batch
+            for step in range(steps):
+                for method in members if step % 2 == 0 else members[::-1]:
+                    model, optimizer, batch = live[method]
+                    _sync(device)
+                    start = time.perf_counter()
+                    train_step(model, optimizer, batch)
+                    _sync(device)
+                    results[method].step_times.append(time.perf_counter() - start)
+            for method in members:
+                res = results[method]
+                if device == "cuda" and steps > 0:
+                    peak = torch.cuda.max_memory_allocated() - base_alloc
+                    res.peak_bytes = max(res.peak_bytes or 0, peak)
+                    res.peak_kind = "CUDA peak allocated above the idle model"
+                timing = f"median {statistics.median(res.step_times[-steps:]):.3f}s, " if steps > 0 else ""
+                log(
+                    f"[{bench_model.label} seq={seq_len}] round {round_index + 1}/{rounds} {method}: "
+                    f"{timing}saved {res.saved_bytes / 2**20:.1f} MiB"
+                )
+            del live
             gc.collect()
     return results
 
@@ -390,6 +415,7 @@ def run_efficiency(
     )
     # The load that matters for step times is the one while they were measured, before the RSS runs.
     meta["load_average_after_timing"] = list(os.getloadavg())
+    meta["steps_interleaved"] = device == "cpu" and steps > 0  # see measure_in_process
     run = {
         "model": bench_model.label,
         "model_source": bench_model.source,

@@ -111,6 +111,8 @@ def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
             timing = "not timed (memory only)"
         else:
             timing = f"{run['rounds']} rounds × {run['steps']} steps"
+            if run["machine"].get("steps_interleaved"):
+                timing += ", steps interleaved with Control"
             if _loaded(run):
                 timing += ", machine overloaded (step times indicative only)"
         lines.append(

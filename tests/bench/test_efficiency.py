@@ -105,6 +105,42 @@ def test_rounds_alternate_direction(tiny_bert_dir: Path, monkeypatch: pytest.Mon
     assert built == ["control", "moc-ffn", "ia3", "ia3", "moc-ffn", "control", "control", "moc-ffn", "ia3"]
 
 
+def test_a_control_and_its_moc_variants_alternate_step_by_step(
+    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On CPU the timed steps of a Control and its same-site MoC variants alternate one by one
+    (ABBA), so a drift of the machine's speed reaches both alike; other methods run alone."""
+    import moc_cli.bench.efficiency as efficiency
+
+    names: dict[int, str] = {}
+    stepped: list[str] = []
+    real_build, real_step = efficiency.build_model, efficiency.train_step
+
+    def recording_build(bench_model, method, seed=0):  # type: ignore[no-untyped-def]
+        model = real_build(bench_model, method, seed)
+        names[id(model)] = method
+        return model
+
+    def recording_step(model, optimizer, batch):  # type: ignore[no-untyped-def]
+        stepped.append(names[id(model)])
+        return real_step(model, optimizer, batch)
+
+    monkeypatch.setattr(efficiency, "build_model", recording_build)
+    monkeypatch.setattr(efficiency, "train_step", recording_step)
+    results = efficiency.measure_in_process(
+        resolve_benchmark_model(str(tiny_bert_dir)), ["moc-ffn", "control", "ia3"],
+        batch_size=1, seq_len=4, steps=3, warmup=1, rounds=2, log=lambda _m: None,
+    )  # fmt: skip
+    warm = ["control", "moc-ffn"]  # one warm-up step each, as they are built
+    assert stepped == [
+        *warm, "control", "moc-ffn", "moc-ffn", "control", "control", "moc-ffn",
+        "ia3", "ia3", "ia3", "ia3",
+        "ia3", "ia3", "ia3", "ia3",  # round 2 runs backwards
+        *warm[::-1], "moc-ffn", "control", "control", "moc-ffn", "moc-ffn", "control",
+    ]  # fmt: skip
+    assert [len(results[m].step_times) for m in ("control", "moc-ffn", "ia3")] == [6, 6, 6]
+
+
 def test_trainable_parameter_counts_match_the_method_definitions(run: dict) -> None:
     counts = {m["method"]: m["trainable_params"] for m in run["methods"]}
     d, layers, r, head = 32, 2, 16, 32 * 2 + 2
