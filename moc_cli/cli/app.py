@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -74,4 +75,20 @@ for _name, (_module, _attr) in OPTIONAL_COMMANDS.items():
 
 def main() -> None:
     """Console-script entry point (`moc`)."""
-    app(prog_name="moc")
+    try:
+        app(prog_name="moc")
+    finally:
+        release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy a launch's process group while the interpreter is still whole.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive the objects they use and the
+    process dies with SIGABRT ("terminate called without an active exception") after an otherwise
+    clean exit, e.g. an interrupted DDP run whose checkpoint is already saved. Commands that never
+    imported torch.distributed skip this without importing it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

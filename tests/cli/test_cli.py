@@ -399,6 +399,25 @@ def test_main_entry_point_runs_the_app(
     assert capsys.readouterr().out.startswith("seed: int = 42\n")
 
 
+def test_main_destroys_the_process_group_before_exit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Left to interpreter shutdown, a gloo group can abort the process after a clean exit
+    # (seen on an interrupted 2-rank run: exit code -6 instead of 130).
+    import torch.distributed as dist
+
+    from moc_cli.cli.app import main
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    monkeypatch.setattr(sys, "argv", ["moc", "schema", "--field", "seed"])
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+        assert exc.value.code == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_validate_pkg_uris(recipes_root: Path) -> None:
     missing = invoke("validate", "glue/sst2", "model.name_or_path=pkg://no-such-asset-dist/x/model")
     assert missing.exit_code == 2

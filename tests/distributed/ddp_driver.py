@@ -129,6 +129,7 @@ def main() -> None:
     overrides = json.loads(overrides_file.read_text(encoding="utf-8"))
 
     import moc_cli  # noqa: F401  (registers MoC)
+    from moc_cli.cli.app import release_process_group
     from moc_cli.config import load_run_config
     from moc_cli.training import run_training
 
@@ -141,6 +142,7 @@ def main() -> None:
     finally:
         if rank != 0:
             (probe_dir / f"writes-rank{rank}.json").write_text(json.dumps(writes, indent=1), encoding="utf-8")
+        release_process_group()  # as the `moc` entry point does, or gloo may abort at exit
 
 
 if __name__ == "__main__":

@@ -102,6 +102,7 @@ def test_sigint_to_one_rank_stops_both_with_a_checkpoint(tiny_bert_dir, sst2_sma
 
     assert launcher.returncode != 0, "an interrupted launch must not report success"
     assert f"exitcode  : {EXIT_INTERRUPTED}" in stderr, stderr[-3000:]  # torchrun's report per rank
+    assert "terminate called" not in stderr, stderr[-3000:]  # no abort after the clean stop
     checkpoint = find_resume_checkpoint(out / "checkpoints")
     assert checkpoint is not None, stderr[-3000:]
     assert validate_checkpoint(checkpoint) == []
