@@ -133,6 +133,14 @@ def make_batch(model: Any, kind: str, batch_size: int, seq_len: int, seed: int =
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def model_and_batch(
+    bench_model: BenchModel, method: str, batch_size: int, seq_len: int, device: str = "cpu"
+) -> tuple[Any, dict[str, Any]]:
+    """The benchmark model for `method` on `device` and its fixed batch (same seeds every time)."""
+    model = build_model(bench_model, method).to(device)
+    return model, make_batch(model, bench_model.kind, batch_size, seq_len)
+
+
 def make_optimizer(model: Any) -> Any:
     import torch
 
@@ -240,8 +248,7 @@ def measure_in_process(
             members = group if forward else group[::-1]
             live = {}
             for method in members:
-                model = build_model(bench_model, method).to(device)
-                batch = make_batch(model, bench_model.kind, batch_size, seq_len)
+                model, batch = model_and_batch(bench_model, method, batch_size, seq_len, device)
                 optimizer = make_optimizer(model)
                 res = results[method]
                 if round_index == 0:
@@ -301,8 +308,7 @@ def probe_peak_rss(
 
     torch.set_num_threads(threads)
     bench_model = resolve_benchmark_model(model_label)
-    model = build_model(bench_model, method)
-    batch = make_batch(model, bench_model.kind, batch_size, seq_len)
+    model, batch = model_and_batch(bench_model, method, batch_size, seq_len)
     optimizer = make_optimizer(model)
     gc.collect()
     baseline = _status_kib("VmRSS")
@@ -469,8 +475,7 @@ def measure_saved_bytes(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = {r["method"]: r for r in run["methods"]}
     for method in methods:
-        model = build_model(bench_model, method).to(device)
-        batch = make_batch(model, bench_model.kind, run["batch_size"], run["seq_len"])
+        model, batch = model_and_batch(bench_model, method, run["batch_size"], run["seq_len"], device)
         rows[method]["saved_bytes"] = saved_bytes_of_step(model, batch)
         log(
             f"[{run['model']} seq={run['seq_len']}] {method}: saved {rows[method]['saved_bytes'] / 2**20:.1f} MiB"
