@@ -6,6 +6,7 @@ not checked because that would need the network.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from moc_cli.config.errors import ConfigIssue, did_you_mean
@@ -105,6 +106,38 @@ def _check_data(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]
     return issues
 
 
+def check_output_dir(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]:
+    """The run folder (or, when it does not exist yet, the folder it would be created in) is writable.
+
+    Without this, an unwritable output.dir surfaces only after the model has loaded, as a bare
+    PermissionError. A recipe's or the default folder is the parent of timestamped runs: same check.
+    """
+    target = Path(cfg.output.dir or "runs").expanduser()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    source = provenance.get("output.dir")
+    if not probe.is_dir():
+        return [
+            ConfigIssue("output.dir", f"{probe} is a file, not a folder; choose another output.dir", source)
+        ]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [
+            ConfigIssue(
+                "output.dir",
+                f"cannot write to {probe} (permission denied or read-only file system); "
+                "choose a writable folder with --output-dir DIR or fix its permissions",
+                source,
+            )
+        ]
+    return []
+
+
 def preflight(cfg: RunConfig, provenance: dict[str, str]) -> list[ConfigIssue]:
     """Every problem found by the cheap checks (empty when the run can start)."""
-    return _check_task(cfg, provenance) + _check_model(cfg, provenance) + _check_data(cfg, provenance)
+    return (
+        _check_task(cfg, provenance)
+        + _check_model(cfg, provenance)
+        + _check_data(cfg, provenance)
+        + check_output_dir(cfg, provenance)
+    )
