@@ -15,8 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
-# Run from a checkout without installing: the repository root holds the moc_cli package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run from a checkout without installing: the repository root holds the moc_cli package. It
+# replaces the script's own folder on the path, where kernels.py would shadow the `kernels`
+# package that transformers imports.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

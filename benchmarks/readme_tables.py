@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+# Run from a checkout without installing: the repository root holds the moc_cli package. It
+# replaces the script's own folder on the path, where kernels.py would shadow the `kernels`
+# package that transformers imports.
+sys.path[0] = str(ROOT)
 
 
 def main(argv: list[str] | None = None) -> int:

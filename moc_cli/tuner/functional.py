@@ -71,23 +71,57 @@ SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT = 4
 
 
 def _fits_grouped_mm(mat: torch.Tensor) -> bool:
-    """Whether `torch._grouped_mm` takes this operand: a float32/bfloat16/float16 matrix (or stack)
-    at a 16-byte aligned address, one of its last two dims contiguous and the other's stride a
-    multiple of 16 bytes (so not r=2 in float32 or d=100 in bfloat16)."""
+    """Whether `torch._grouped_mm` takes this operand: a matrix (or stack) of a dtype the op runs
+    on this device (`grouped_mm_runs`), at a 16-byte aligned address, one of its last two dims
+    contiguous and the other's stride a multiple of 16 bytes (so not r=2 in float32 or d=100 in
+    bfloat16)."""
     if mat.dtype not in (torch.float32, torch.bfloat16, torch.float16) or mat.data_ptr() % 16:
         return False
     align = 16 // mat.element_size()
     rows, cols = mat.stride(-2), mat.stride(-1)
-    return (cols == 1 and rows % align == 0) or (rows == 1 and cols % align == 0)
+    aligned = (cols == 1 and rows % align == 0) or (rows == 1 and cols % align == 0)
+    return aligned and grouped_mm_runs(mat.device, mat.dtype)
+
+
+_GROUPED_MM_RUNS: dict[tuple[str, int | None, torch.dtype], bool] = {}
+
+
+def grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the private `torch._grouped_mm` runs for `dtype` on `device`, asked once per device
+    and dtype with two tiny products (both shapes the kernel uses) and remembered.
+
+    Which dtypes it takes differs by device and release (CPU takes float32; CUDA builds have taken
+    bfloat16 only on some GPUs), so the op is asked instead of a table kept here going stale; where
+    it refuses, the per-expert loop computes the same products.
+    """
+    key = (device.type, device.index, dtype)
+    if key not in _GROUPED_MM_RUNS:
+        runs = hasattr(torch, "_grouped_mm") and device.type not in ("meta",)
+        if runs:
+            try:
+                x = torch.ones(16, 16, dtype=dtype, device=device)
+                w = torch.ones(2, 16, 16, dtype=dtype, device=device)
+                offs = torch.tensor([8, 16], dtype=torch.int32, device=device)
+                torch._grouped_mm(x, w, offs=offs)  # [M, i] x [E, i, o]: the segment products
+                torch._grouped_mm(x.t(), x, offs=offs)  # [i, M] x [M, o]: the weight gradients
+            except (RuntimeError, NotImplementedError, TypeError):
+                runs = False
+        _GROUPED_MM_RUNS[key] = runs
+    return _GROUPED_MM_RUNS[key]
 
 
 def sparse_is_faster_without_grad(idx: torch.Tensor, e: int, r: int) -> bool:
     """Whether `sparse_mixture` beats `dense_mixture` for a no-grad forward of these assignments."""
+    return _may_read_values(idx) and sparse_rule_without_grad(idx.device.type, idx.shape[0], e, r)
+
+
+def sparse_rule_without_grad(device_type: str, tokens: int, e: int, r: int) -> bool:
+    """The no-grad choice of `expert_compute="auto"` for `tokens` tokens over a pool of E experts
+    of rank r on a device type (the kernel benchmark's reports print it per measured shape)."""
     return (
-        idx.device.type == "cpu"
+        device_type == "cpu"
         and e * r >= SPARSE_INFERENCE_MIN_WIDTH
-        and idx.shape[0] >= SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT * e
-        and _may_read_values(idx)
+        and tokens >= SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT * e
     )
 
 

@@ -269,6 +269,7 @@ def test_grouped_product_gives_the_per_expert_loop_results(
     u, a, bt, idx, coef = _mixture_inputs(2, local=True, n=256, e=30, r=16, d=64)  # E*r=480: per expert
     idx[idx[:, 1] == 5, 1] = 6  # an expert no token picks: an empty segment
     leaves = [x.detach().to(dtype).requires_grad_() for x in (u, a, bt, coef)]
+    assert functional.grouped_mm_runs(u.device, dtype)  # asked (and remembered) before counting calls
     calls = []
     grouped_mm = torch._grouped_mm
     monkeypatch.setattr(torch, "_grouped_mm", lambda *args, **kw: calls.append(1) or grouped_mm(*args, **kw))

@@ -1,0 +1,41 @@
+"""`grouped_mm_runs`: the sparse kernel asks `torch._grouped_mm` once per device and dtype whether
+it runs, and falls back to the per-expert loop where it does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moc_cli.tuner import functional
+
+
+def test_a_refusing_op_is_asked_once_and_the_loop_gives_the_same_products(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(functional, "_GROUPED_MM_RUNS", {})
+    calls: list[int] = []
+
+    def refuse(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        raise RuntimeError("Expected inputs of BF16 type but got mat_a.dtype=float")
+
+    monkeypatch.setattr(torch, "_grouped_mm", refuse)
+    cpu = torch.device("cpu")
+    assert functional.grouped_mm_runs(cpu, torch.float32) is False
+    assert functional.grouped_mm_runs(cpu, torch.float32) is False
+    assert len(calls) == 1  # remembered: the refusal is not asked again
+    assert functional._fits_grouped_mm(torch.zeros(8, 16)) is False
+
+    gen = torch.Generator().manual_seed(0)
+    n, e, r, d = 64, 12, 16, 32  # E*r = 192: routed columns per expert
+    u = torch.randn(n, d, generator=gen)
+    a, bt = torch.randn(e, r, d, generator=gen), torch.randn(e, r, d, generator=gen)
+    idx = torch.stack([torch.full((n,), 3), torch.randint(0, e, (n,), generator=gen)], dim=1)
+    coef = torch.rand(n, 2, generator=gen)
+    got = functional.sparse_mixture(u, a, bt, idx, coef, 2.0)
+    torch.testing.assert_close(got, functional.dense_mixture(u, a, bt, idx, coef, 2.0))
+    assert len(calls) == 1  # the kernel never called the refusing op
+
+
+def test_meta_tensors_are_never_asked() -> None:
+    assert functional.grouped_mm_runs(torch.device("meta"), torch.float32) is False
