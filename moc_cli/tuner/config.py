@@ -13,7 +13,9 @@ Choices recorded here (see docs/moc-method.md, marked [choice] there):
   baseline; no router (and no router parameters) is created.
 - `learnable_alpha=True`: one logit per (site type, layer), `alpha_l = sigmoid(logit)`,
   initialised at `alpha`; adds `S * L` parameters.
-- `exclude_self=True` masks the layer's own expert out of the router softmax.
+- `exclude_self=True` masks the layer's own expert out of the router softmax; the balance loss then
+  normalises by the E - 1 experts a layer may pick, `(E - 1) * sum_i f_i P_i`, so that uniform
+  routing over them gives 1, as uniform routing over all E does without the option.
 - `expert_compute="auto"`: the sparse autograd function whenever gradients are recorded (it
   stores about E + 2r numbers per token instead of 2*E*r). Under `torch.no_grad()` / inference,
   where nothing is stored, whichever is faster: sparse for wide pools (E*r >= 256) with at least 4

@@ -14,10 +14,18 @@ Structure (modelled on peft's Shadow / VB-LoRA tuners, not copied):
   (`PeftModel.forward` calls the base model directly for `task_type=None`): a forward pre-hook
   reads `attention_mask` (padding is excluded from the balance loss and the statistics) and opens
   the routing context; a forward hook folds the routing events into the statistics and, in training
-  mode, adds `aux_loss_coef * balance_loss` to `outputs.loss`. Layers recomputed by activation
-  checkpointing during backward run outside that context and record nothing. With reentrant
-  checkpointing the first forward runs without grad, so the balance loss then carries no gradient
-  to the router: use `use_reentrant=False`.
+  mode, adds `aux_loss_coef * balance_loss` to the loss: `outputs.loss`, or the first element of
+  a `return_dict=False` tuple when labels were given (by keyword or by position). Under
+  transformers' Trainer `num_items_in_batch` regime the term is weighted by the micro-batch's share
+  of the items (`_accumulation_share`), so lambda does not grow with gradient accumulation or the
+  process count. Layers recomputed by activation checkpointing during backward run outside that
+  context and record nothing. Reentrant checkpointing runs the first forward without grad, so the
+  balance loss would carry no gradient to the router: a training forward that finds such routing
+  decisions raises `REENTRANT_ERROR` (use `use_reentrant=False`, or `aux_loss_coef=0`).
+- `get_peft_model` on a model that already holds MoC layers (the PeftModel, its modified base or
+  its tuner) raises `SECOND_WRAP_ERROR`: the existing layers would keep computing with the first
+  tuner's state, leaving the new adapter dead. `add_adapter` is the supported way.
+- The state is float32 for float32 and half-precision bases, float64 for float64 ones.
 - `set_adapter`, `delete_adapter` and `_cast_adapter_dtype` also handle the shared state, so
   `is_trainable=False` freezes the routers too; `merge_and_unload` raises (see `MERGE_ERROR`).
 """
@@ -36,6 +44,33 @@ from .config import MocConfig
 from .layer import MERGE_ERROR, MocLayer, MocSiteLayer, MocTapLayer
 from .state import MocAdapterState, MocRuntime
 
+SECOND_WRAP_ERROR = (
+    "This model already carries a MoC adapter: a second get_peft_model would add an adapter that the existing MoC "
+    "layers never run. Add it to the PeftModel that holds the first one with `peft_model.add_adapter(name, "
+    "MocConfig(...))` (then `set_adapter`), or call `unload()` first to start again from the plain base model."
+)
+
+REENTRANT_ERROR = (
+    "MoC's load-balancing loss would reach the routers without gradient: {lost} of {total} routing decisions of "
+    "this forward were computed without autograd, as reentrant activation checkpointing (use_reentrant=True) does "
+    "in its first forward. Enable checkpointing with gradient_checkpointing_kwargs={{'use_reentrant': False}} "
+    "(TrainingArguments: activation_checkpointing_kwargs={{'use_reentrant': False}}), or set "
+    "MocConfig.aux_loss_coef=0 to train without the balance loss."
+)
+
+
+def _loss_shifts_labels(model: nn.Module) -> bool:
+    """Whether the model's loss shifts labels by one (causal LM): Trainer's own rule for counting
+    `num_items_in_batch` (`Trainer._loss_shifts_labels`), so that the shares of a step sum to 1."""
+    try:
+        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    config = getattr(model, "config", None)
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not getattr(
+        config, "is_encoder_decoder", False
+    )
+
 
 def _is_low_precision(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16)
@@ -50,6 +85,46 @@ class MocModel(BaseTuner):
     uses_shared_state = True
 
     # ------------------------------------------------------------------------------------ setup
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: MocConfig | dict[str, MocConfig],
+        adapter_name: str,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        # Checked before BaseTuner.__init__, which would already write the new config into the
+        # `peft_config` dict of a PeftModel passed in (a refused call must leave it as it was).
+        self._refuse_foreign_moc(model)
+        super().__init__(
+            model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict
+        )
+
+    def _refuse_foreign_moc(self, model: nn.Module) -> None:
+        """Raise if `model` holds MoC layers of another tuner: they would keep computing with that
+        tuner's state, so the adapter created here would be dead."""
+        own = self.__dict__.get("_moc_runtime")
+        for module in model.modules():
+            if (isinstance(module, MocModel) and module is not self) or (
+                isinstance(module, MocLayer) and module._runtime is not own
+            ):
+                raise ValueError(SECOND_WRAP_ERROR)
+
+    def _check_new_adapter_config(self, config: MocConfig) -> None:  # type: ignore[override]
+        """Cross-adapter checks peft runs before injecting an adapter (also for `add_adapter` and
+        `load_adapter`): no foreign MoC layers, one variant for all adapters of the model."""
+        self._refuse_foreign_moc(self.model)
+        name = next(n for n, c in self.peft_config.items() if c is config)
+        plans: dict[str, Plan] = self.__dict__.get("_moc_plans", {})
+        first = next((n for n in plans if n != name), None)
+        if first is not None and self.peft_config[first].variant != config.variant:
+            raise ValueError(
+                f"MocConfig.variant={config.variant!r} of adapter '{name}' differs from the variant "
+                f"{self.peft_config[first].variant!r} of adapter '{first}'; all MoC adapters of one model must use "
+                "the same variant."
+            )
+        super()._check_new_adapter_config(config)
+
     def _ensure_runtime(self) -> MocRuntime:
         if "_moc_runtime" not in self.__dict__:
             self.__dict__["_moc_runtime"] = MocRuntime()
@@ -67,13 +142,6 @@ class MocModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: MocConfig, model_config: dict) -> MocConfig:
         self._ensure_runtime()
         name = next(n for n, c in self.peft_config.items() if c is peft_config)
-        first = next((n for n in self._moc_plans if n != name), None)
-        if first is not None and self.peft_config[first].variant != peft_config.variant:
-            raise ValueError(
-                f"MocConfig.variant={peft_config.variant!r} of adapter '{name}' differs from the variant "
-                f"{self.peft_config[first].variant!r} of adapter '{first}'; all MoC adapters of one model must use "
-                "the same variant."
-            )
         self._moc_plans[name] = resolve_plan(self.model, peft_config)
         return peft_config
 
@@ -119,25 +187,39 @@ class MocModel(BaseTuner):
         param = next(layer0.parameters(), None)
         state = MocAdapterState(config, plan.num_layers, plan.hidden_size)
         if param is not None and not param.is_meta and not next(state.parameters()).is_meta:
-            state.to(param.device)
+            # float32 state for half-precision bases (kept so by _cast_adapter_dtype), float64 for float64 ones
+            dtype = torch.promote_types(param.dtype, torch.float32) if param.is_floating_point() else None
+            state.to(device=param.device, dtype=dtype)
         self.moc_state[adapter_name] = state
 
     def _ensure_hooks(self) -> None:
         if self._moc_hook_handles:
             return
-        self._moc_mask_position = self._attention_mask_position(self.model)
+        self._moc_params = self._forward_params(self.model)
+        self._moc_label_names = [p for p in self._moc_params if "label" in p] or [
+            p for p in self._moc_params if p in ("start_positions", "end_positions")
+        ]
+        self._moc_loss_shifts_labels = _loss_shifts_labels(self.model)
         self._moc_hook_handles = [
             self.model.register_forward_pre_hook(self._moc_pre_hook, with_kwargs=True),
             self.model.register_forward_hook(self._moc_post_hook, with_kwargs=True),
         ]
 
     @staticmethod
-    def _attention_mask_position(model: nn.Module) -> int | None:
+    def _forward_params(model: nn.Module) -> list[str]:
+        """Parameter names of `model.forward`, in order (positional arguments map onto them)."""
         try:
-            params = list(inspect.signature(model.forward).parameters)
+            return list(inspect.signature(model.forward).parameters)
         except (TypeError, ValueError):
-            return None
-        return params.index("attention_mask") if "attention_mask" in params else None
+            return []
+
+    def _argument(self, args: tuple, kwargs: dict, name: str) -> Any:
+        """The base model's argument `name` of this call, given by keyword or by position."""
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+        params: list[str] = self.__dict__.get("_moc_params", [])
+        position = params.index(name) if name in params else None
+        return args[position] if position is not None and len(args) > position else None
 
     def _remove_hooks(self) -> None:
         for handle in getattr(self, "_moc_hook_handles", []):
@@ -146,10 +228,7 @@ class MocModel(BaseTuner):
 
     # ----------------------------------------------------------------------------- forward hooks
     def _moc_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        position = getattr(self, "_moc_mask_position", None)
-        if mask is None and position is not None and len(args) > position:
-            mask = args[position]
+        mask = self._argument(args, kwargs, "attention_mask")
         runtime = self.moc_runtime
         runtime.active = [a for a in self.active_adapters if a in self.moc_state]
         runtime.begin(mask)
@@ -166,16 +245,53 @@ class MocModel(BaseTuner):
                 aux = coef * loss if aux is None else aux + coef * loss
         if aux is None:
             return None
+        if runtime.gradless_events:
+            raise RuntimeError(
+                REENTRANT_ERROR.format(lost=runtime.gradless_events, total=runtime.event_count)
+            )
+        share = self._accumulation_share(args, kwargs)
+        if share is not None:
+            aux = aux * share
         if isinstance(output, dict) and output.get("loss") is not None:
             output["loss"] = output["loss"] + aux.to(output["loss"].dtype)
             return output
+        # return_dict=False: the loss, when the model computed one, is the tuple's first element,
+        # a scalar (logits never are); labels may have been passed by keyword or by position
         if (
             isinstance(output, tuple)
-            and kwargs.get("labels") is not None
+            and output
             and isinstance(output[0], torch.Tensor)
+            and output[0].dim() == 0
+            and any(self._argument(args, kwargs, n) is not None for n in self._moc_label_names)
         ):
             return (output[0] + aux.to(output[0].dtype),) + tuple(output[1:])
         return None
+
+    def _accumulation_share(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """Share of this micro-batch in Trainer's `num_items_in_batch`, or None outside that regime.
+
+        When a model takes loss kwargs, transformers' Trainer passes `num_items_in_batch` (the label
+        items of all micro-batches of the optimizer step, and with `average_tokens_across_devices`
+        of all processes) and does not divide the loss by the accumulation steps; with
+        `average_tokens_across_devices` it multiplies it by the process count, which DDP's gradient
+        mean undoes. The model's task loss is then `sum / num_items_in_batch`, and the balance term
+        must weigh `items / num_items_in_batch` likewise, or lambda would grow with the accumulation
+        steps (and the processes). Items are counted as Trainer counts them: `shift_labels` if
+        given, else labels != -100, without the first position for causal-LM losses.
+        """
+        total = kwargs.get("num_items_in_batch")
+        if total is None:
+            return None
+        labels = kwargs.get("shift_labels")
+        if labels is None:
+            labels = self._argument(args, kwargs, "labels")
+            if isinstance(labels, torch.Tensor) and self.__dict__.get("_moc_loss_shifts_labels", False):
+                labels = labels[..., 1:]
+        if not isinstance(labels, torch.Tensor):
+            return None
+        items = labels.ne(-100).sum()
+        # DataParallel hands each replica a one-element tensor: reshape to a scalar
+        return (items / torch.as_tensor(total, device=items.device)).reshape(())
 
     # ----------------------------------------------------------------------- adapter management
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:

@@ -9,6 +9,9 @@ are saved once, as `base_model.moc_state.<param>` (the adapter name is stripped 
   `router_bias.<key>`: `[R, E]` zeros when `router_bias=True`. Absent for the Control baseline.
 - `alpha_logit`: `[S, E]` when `learnable_alpha=True`.
 
+The tensors follow the base model's precision where it is float64 and are float32 otherwise;
+routing (logits, softmax, gates) runs in float32, or in float64 when the hidden states are float64.
+
 Layers never register this state (they would save it once per layer); they reach it through the
 plain `MocRuntime` object, which also carries the per-forward context: tapped states, the shared
 routing decision of a block, routing events for the balance loss and the routing statistics.
@@ -97,6 +100,12 @@ class RoutingStats:
         self.entropy_sum = self.entropy_tokens = self.balance_loss = None
 
 
+def _router_trains(state: MocAdapterState, key: str) -> bool:
+    """Whether the router `key` of `state` has a parameter that requires grad."""
+    bias = state.router_bias.get(key)
+    return state.router[key].requires_grad or (bias is not None and bias.requires_grad)
+
+
 class MocRuntime:
     """Per-model context shared (as a plain object) by the tuner and its layers."""
 
@@ -111,6 +120,8 @@ class MocRuntime:
         # (adapter, router key, layer pos, probs [N, E], top-1 [N], real-token mask [N] or None)
         self.events: list[tuple[str, str, int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self.stats: dict[str, RoutingStats] = {}
+        self.gradless_events = 0  # set by consume_events
+        self.event_count = 0
 
     # ----------------------------------------------------------------------------------- forward context
     def begin(self, attention_mask: torch.Tensor | None) -> None:
@@ -174,7 +185,11 @@ class MocRuntime:
         parts_idx, parts_coef = [], []
         if isinstance(alpha, torch.Tensor) or alpha > 0.0:
             parts_idx.append(torch.full((n, 1), pos, dtype=torch.long, device=u.device))
-            a_col = alpha if isinstance(alpha, torch.Tensor) else torch.tensor([[alpha]], device=u.device)
+            a_col = (
+                alpha
+                if isinstance(alpha, torch.Tensor)
+                else torch.tensor([[alpha]], dtype=route.gates.dtype, device=u.device)
+            )
             parts_coef.append(a_col.to(route.gates.dtype).expand(n, 1))
         parts_idx.append(route.idx)
         parts_coef.append(route.gates * (1.0 - alpha))
@@ -207,8 +222,9 @@ class MocRuntime:
                 return cached
         weight = state.router[key]
         weight = weight[pos] if weight.shape[0] > 1 else weight[0]
+        # routing runs in float32 for half-precision states and in float64 for float64 ones
         with autocast_off(u2.device.type):
-            logits = F.linear(u2, weight.to(u2.dtype)).float()
+            logits = F.linear(u2, weight.to(u2.dtype)).to(torch.promote_types(u2.dtype, torch.float32))
         if key in state.router_bias:
             bias = state.router_bias[key]
             logits = logits + (bias[pos] if bias.shape[0] > 1 else bias[0])
@@ -230,21 +246,32 @@ class MocRuntime:
 
     # ------------------------------------------------------------------------------------ statistics
     def consume_events(self) -> dict[str, torch.Tensor]:
-        """Fold this forward's routing events into the statistics; return the balance loss per adapter."""
+        """Fold this forward's routing events into the statistics; return the balance loss per adapter.
+
+        Also counts, in `gradless_events`, the events whose probabilities carry no gradient although
+        grad mode is on and their router is trainable (what reentrant checkpointing produces).
+        """
         events = self.finish()
+        self.gradless_events = 0
+        self.event_count = len(events)
         per_adapter: dict[str, list[torch.Tensor]] = {}
         for adapter, key, pos, probs, top1, mask in events:
             config = self.configs.get(adapter)
             state = self.states[adapter] if self.states is not None and adapter in self.states else None
             if config is None or state is None:
                 continue
+            if torch.is_grad_enabled() and not probs.requires_grad and _router_trains(state, key):
+                self.gradless_events += 1
             e = probs.shape[-1]
+            # Switch normalisation over the experts a token may pick: with exclude_self the layer's
+            # own expert is masked out, so uniform routing over the E - 1 others gives exactly 1
+            allowed = e - 1 if config.exclude_self else e
             valid = mask.to(probs.dtype) if mask is not None else torch.ones_like(probs[:, 0])
             n_valid = valid.sum().clamp_min(1.0)
             one_hot = torch.zeros_like(probs).scatter_(1, top1.unsqueeze(1), 1.0)
             frac = (one_hot * valid.unsqueeze(1)).sum(0) / n_valid
             mean_p = (probs * valid.unsqueeze(1)).sum(0) / n_valid
-            per_adapter.setdefault(adapter, []).append(e * (frac.detach() * mean_p).sum())
+            per_adapter.setdefault(adapter, []).append(allowed * (frac.detach() * mean_p).sum())
             with torch.no_grad():
                 stats = self.stats.setdefault(adapter, RoutingStats())
                 n_layers = len(next(iter(state.A.values())))
