@@ -227,6 +227,37 @@ def measure(
     return row
 
 
+def profile(group: Group, method: str, device: str, shapes: dict[str, dict[str, Any]], rows: int = 25) -> str:
+    """torch.profiler's table of the ops of two training steps (after two warm-up steps), by total
+    self CPU time: where a launch-bound step spends its time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = build(group, method, device, torch.bfloat16, shapes)
+    vocab = shapes[group.model]["vocab_size"]
+    ids = torch.randint(5, vocab, (group.batch_size, group.seq_len), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids.to(device), "labels": ids.to(device)}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -470,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=None, help="start no new group after this")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama on the CPU: checks the pipeline")
     parser.add_argument("--report-only", action="store_true", help="regenerate gpu.md and the README block")
+    parser.add_argument(
+        "--profile", metavar="METHOD", choices=METHODS, help="print the profiler's op table of METHOD's steps instead"
+    )
     args = parser.parse_args(argv)
 
     if args.report_only:
@@ -489,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cpu" and not args.smoke:
         parser.error("no CUDA device: this benchmark measures GPU memory; use --smoke to check it on the CPU")
     groups = [g for g in default_groups(args.smoke) if not args.model or g.model in args.model]
+    if args.profile:
+        print(f"{args.profile} on {groups[0].label}:\n{profile(groups[0], args.profile, device, shapes)}")
+        return 0
     run(
         groups,
         args.method or list(METHODS),

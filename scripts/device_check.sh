@@ -95,6 +95,7 @@ if [ "$mode" = smoke ]; then
   stage cuda-tests 300 "$PY" -m pytest -m cuda tests/cuda -q -p no:cacheprovider --junitxml="$OUT/cuda-tests.xml"
   stage kernels 120 "$PY" benchmarks/kernels.py --smoke --threads 1 --output-dir "$OUT"
   stage gpu-efficiency 300 "$PY" benchmarks/gpu.py --smoke --out "$OUT/gpu.json"
+  stage profile 60 "$PY" benchmarks/gpu.py --smoke --profile moc-both-shared
 else
   PY=${PYTHON:-python3}
   ls "$WHEELS"/*.whl >/dev/null 2>&1 ||
@@ -129,6 +130,7 @@ EOF
   stage cuda-tests 200 "$PY" -m pytest -m cuda tests/cuda -q -p no:cacheprovider -rs --timeout 150 --junitxml="$OUT/cuda-tests.xml"
   stage kernels 90 "$PY" benchmarks/kernels.py --device cuda --dtype bfloat16 --repeats 5 --rounds 3 --output-dir "$OUT"
   stage gpu-efficiency 320 "$PY" benchmarks/gpu.py --deadline-s "${MOC_GPU_DEADLINE_S:-220}" --out "$OUT/gpu.json"
+  stage profile 60 "$PY" benchmarks/gpu.py --profile moc-both-shared --model smollm2-135m
 fi
 
 echo "=== stages ===" | tee -a "$LOG"

@@ -69,10 +69,10 @@ AGREEMENT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 # name -> module constants of `moc_cli.tuner.functional` forced for the sparse function (empty: the
 # module's own rules), or "dense" for plain autograd, or "control" for the local column alone (the
 # Control baseline's work at the same site: the reference of MoC's overhead)
-STRATEGIES: dict[str, dict[str, float] | str] = {
+STRATEGIES: dict[str, dict[str, Any] | str] = {
     "sparse (default rule)": {},
     "sparse, all rows": {"GROUPED_MIN_WIDTH": float("inf")},
-    "sparse, per expert": {"GROUPED_MIN_WIDTH": 0},
+    "sparse, per expert": {"GROUPED_MIN_WIDTH": 0, "PER_EXPERT_DEVICE_TYPES": ("cpu", "cuda")},
     "dense": "dense",
     "control": "control",
 }
@@ -286,7 +286,8 @@ def kernel_report(record: dict[str, Any]) -> str:
         "/ no-grad forward; × = ratio to `sparse, all rows` in the same run;",
         "`control` is the local column alone (the Control baseline's work at the site), and the last",
         "column the default rule's time over it: MoC's overhead at the site.",
-        f"The default rule computes routed columns per expert when E·r ≥ {functional.GROUPED_MIN_WIDTH}, else through",
+        f"The default rule computes routed columns per expert when E·r ≥ {functional.GROUPED_MIN_WIDTH} on "
+        f"{' and '.join(functional.PER_EXPERT_DEVICE_TYPES)}, else through",
         'all E·r rows at once. Under no grad, `expert_compute="auto"` runs the strategy in the',
         "`auto` column: the sparse function (default rule) for wide pools with a few tokens per expert, else dense.",
         "",

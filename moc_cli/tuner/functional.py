@@ -59,6 +59,12 @@ def compute_dtype(u: torch.Tensor) -> torch.dtype:
 # `benchmarks/kernels.py` on CPU: the all-rows projection wins for MiniLM's pools (E=6, r=16: 96),
 # the per-expert segments from about 160 (SmolLM2's E=30, r=16: 480).
 GROUPED_MIN_WIDTH = 160
+# Device types where wide pools go per expert at all. On a GPU (`benchmarks/results/kernels_cuda.md`,
+# H200, bf16, 4096 tokens) the all-rows projection took 0.5-0.6x the per-expert time at every pool
+# up to E*r = 512: the GPU is idle during such small products, so the sort, the segment
+# bookkeeping and the host reads of the per-expert path cost more than the E*r-wide products save.
+# Both paths save the same r-wide projections for backward.
+PER_EXPERT_DEVICE_TYPES = ("cpu",)
 
 
 # Under no grad nothing is saved, so `expert_compute="auto"` takes whichever formulation is faster.
@@ -231,12 +237,13 @@ def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segmen
     """Groups of columns of `idx` computed together, each with its expert segments (None: the
     all-rows projection).
 
-    Narrow pools, and inputs whose values may not be read, are one all-rows group. Wide pools give
+    Narrow pools, GPUs (`PER_EXPERT_DEVICE_TYPES`), and inputs whose values may not be read, are
+    one all-rows group. Wide pools on the CPU give
     each column where every token uses one expert (the local control) a group of its own, a plain
     matmul, and sort the routed columns together by expert.
     """
     m = idx.shape[1]
-    if e * r < GROUPED_MIN_WIDTH or not _may_read_values(idx):
+    if e * r < GROUPED_MIN_WIDTH or idx.device.type not in PER_EXPERT_DEVICE_TYPES or not _may_read_values(idx):
         return [(list(range(m)), None)]
     fixed = _fixed_experts(idx)
     layouts = [

@@ -26,7 +26,15 @@ from moc_cli.tuner.functional import dense_mixture, sparse_mixture
 REL_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 # module constants forcing each way the sparse kernel computes routed columns
-STRATEGIES = {"per-expert": 0, "all-rows": 10**9}
+STRATEGIES = {
+    "per-expert": {"GROUPED_MIN_WIDTH": 0, "PER_EXPERT_DEVICE_TYPES": ("cpu", "cuda")},
+    "all-rows": {"GROUPED_MIN_WIDTH": 10**9},
+}
+
+
+def force(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in STRATEGIES[strategy].items():
+        monkeypatch.setattr(functional, name, value)
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -65,7 +73,7 @@ def run_mixture(fn, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 def test_mixture_matches_the_float64_reference(
     device: torch.device, fn_name: str, dtype: torch.dtype, strategy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(functional, "GROUPED_MIN_WIDTH", STRATEGIES[strategy])
+    force(strategy, monkeypatch)
     fn = sparse_mixture if fn_name == "sparse" else dense_mixture
     for seed in range(3):  # fresh inputs each time: the same function on any valid input
         inputs = mixture_inputs(seed)
@@ -83,6 +91,7 @@ def test_grouped_products_give_the_per_expert_loop_results(
 ) -> None:
     if not functional.grouped_mm_runs(device, dtype):
         pytest.skip(f"torch._grouped_mm does not run for {dtype} on {device}: the loop is the only path")
+    force("per-expert", monkeypatch)
     inputs = [t.to(device) if not t.is_floating_point() else t.to(device, dtype) for t in mixture_inputs(0)]
     calls: list[int] = []
     grouped_mm = torch._grouped_mm
