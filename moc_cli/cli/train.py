@@ -18,6 +18,9 @@ from moc_cli.cli.common import (
 )
 from moc_cli.config import ConfigError, ConfigIssue, render_config
 
+# 128 + SIGTERM: what a shell reports for a process that SIGTERM ended.
+EXIT_TERMINATED = 143
+
 EPILOG = """\
 Examples:
 
@@ -28,6 +31,10 @@ Examples:
   moc train --recipe glue/sst2 --config my.yaml method.name=lora --dry-run
 
   moc train --recipe glue/sst2 --resume auto --output-dir runs/sst2-r8
+
+Without --output-dir a run gets a new folder runs/<recipe>/<YYYYmmdd-HHMMSS>, and --resume auto
+continues the newest one. SIGTERM (timeout, Docker, SLURM) stops like Ctrl-C: a checkpoint, then
+exit code 143 (Ctrl-C: 130).
 
 Every key with its type and default: `moc schema`; a recipe resolved with sources: `moc cat glue/sst2`.
 """
@@ -55,10 +62,19 @@ def train(
     ] = False,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="`auto` (latest checkpoint in the run dir) or a checkpoint directory."),
+        typer.Option(
+            "--resume",
+            help="`auto` (latest checkpoint in the run dir; without --output-dir, of the recipe's newest "
+            "run; starts fresh when nothing was saved yet) or a checkpoint directory.",
+        ),
     ] = None,
     output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", help="Run directory (same as output.dir=DIR).")
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="Run directory (same as output.dir=DIR). Default: a new runs/<recipe>/<YYYYmmdd-HHMMSS>.",
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Allow a non-empty run directory (output.overwrite=true).")
@@ -105,6 +121,16 @@ def train(
     with cli_errors("training", interrupt_hint=hint):
         from moc_cli.training import run_training
 
-        run_dir = run_training(cfg, provenance, resume)
-    typer.echo(f"run directory: {run_dir}")
+        try:
+            run_dir = run_training(cfg, provenance, resume)
+        except BaseException as exc:
+            # Failures that carry their own one-line report and exit code: SIGTERM (143, after a
+            # checkpoint) and a save that hit a full disk (1).
+            code = getattr(exc, "exit_code", None)
+            if not isinstance(code, int) or not hasattr(exc, "cli_message"):
+                raise
+            message = exc.cli_message + (hint if code == EXIT_TERMINATED else "")
+            err(message)
+            raise typer.Exit(code) from None
+    # The run summary above already names the folder; this line says what to do with it.
     typer.echo(f"next: moc eval {run_dir}   |   moc merge-export {run_dir}")

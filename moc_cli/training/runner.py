@@ -13,12 +13,19 @@ import yaml
 from moc_cli.training._sections import as_dict
 from moc_cli.training.errors import RunInterrupted, RunSetupError
 from moc_cli.training.run_dir import (
+    LOCK_NAME,
+    RUN_NAME_FORMAT,
     RunDir,
     atomic_write_text,
     check_run_dir,
     clear_run_dir,
     environment_record,
+    holds_only_a_failed_start,
+    is_main_launch_process,
+    latest_run_dir,
+    new_run_dir,
     replace_dir,
+    run_lock,
     version_of,
     write_json,
 )
@@ -43,11 +50,42 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return cfg.model_dump(mode="json") if hasattr(cfg, "model_dump") else dict(cfg)
 
 
-def default_output_dir(cfg_data: dict[str, Any]) -> Path:
-    """`runs/<recipe or task>/<timestamp>` when `output.dir` is not set."""
+def default_output_base(cfg_data: dict[str, Any]) -> Path:
+    """`runs/<recipe or task>`: the folder that holds a recipe's timestamped runs."""
     name = cfg_data.get("recipe") or cfg_data["task"]["name"]
     name = Path(str(name)).stem if str(name).endswith((".yaml", ".yml")) else str(name)
-    return Path("runs") / name / datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name
+
+
+def default_output_dir(cfg_data: dict[str, Any]) -> Path:
+    """`runs/<recipe or task>/<timestamp>` when `output.dir` is not set (the name is not claimed)."""
+    return default_output_base(cfg_data) / datetime.now().strftime(RUN_NAME_FORMAT)
+
+
+def resolve_run_root(cfg_data: dict[str, Any], provenance: dict[str, str], resume: str | None) -> Path:
+    """The run folder of this invocation.
+
+    An `output.dir` the user gave (override, --output-dir, --config file, library call) is the run
+    folder. A recipe's `output.dir` (e.g. `runs/glue/sst2`), like the default `runs/<recipe>`, is
+    the parent of timestamped runs: each run gets a new folder, and `--resume auto` continues the
+    newest one. `--resume PATH` without an output.dir continues the run that PATH belongs to.
+    """
+    output = as_dict(cfg_data.get("output"))
+    from_recipe = str((provenance or {}).get("output.dir", "")).startswith("recipe:")
+    if output.get("dir") and not from_recipe:
+        return Path(output["dir"]).expanduser()
+    if resume is not None and resume != "auto":
+        # --resume continues that run's directory: RUN/checkpoints/checkpoint-N or RUN itself.
+        path = Path(resume).expanduser().resolve()
+        return path if (path / "checkpoints").is_dir() else path.parent.parent
+    base = Path(output["dir"]).expanduser() if output.get("dir") else default_output_base(cfg_data)
+    if resume == "auto":
+        latest = latest_run_dir(base)
+        if latest is not None:
+            return latest
+        if (base / "checkpoints").is_dir():  # a run written before runs had timestamped folders
+            return base
+    return new_run_dir(base)
 
 
 def quiet_progress(show_bar: bool) -> None:
@@ -61,14 +99,27 @@ def quiet_progress(show_bar: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def check_drift(run: RunDir, current: dict[str, Any]) -> None:
-    from moc_cli.training.checkpointing import config_drift
+def check_resume_config(run: RunDir, current: dict[str, Any]) -> list[str]:
+    """Compare a resumed run's config with the run's config.yaml; return the changes it applies.
+
+    Changes to the model, method, task, data, seed, optimizer or schedule are refused (RunSetupError,
+    exit code 2) before anything loads: the checkpoint was made for the saved values.
+    """
+    from moc_cli.training.checkpointing import split_drift
 
     if not run.config.is_file():
-        return
+        return []
     saved = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
-    for change in config_drift(saved, current):
-        _warn(f"resuming with a config that differs from {run.config}: {change}")
+    refused, applied = split_drift(saved, current)
+    if refused:
+        lines = "".join(f"\n      {change}" for change in refused)
+        raise RunSetupError(
+            f"the config differs from {run.config} in settings a resumed run cannot change (its "
+            f"checkpoints were made with the saved values):{lines}\n"
+            "    restore them to resume, or start a new run with another --output-dir",
+            "--resume",
+        )
+    return applied
 
 
 def evaluate_split(trainer: Trainer, task: Task, data: RunData, split: str) -> dict[str, float]:
@@ -161,10 +212,71 @@ def _config_yaml(cfg: Any, cfg_data: dict[str, Any], provenance: dict[str, str])
         resolved = cfg.model_copy(deep=True)
         resolved.output.dir = cfg_data["output"]["dir"]
         prov = dict(provenance or {})
-        if not cfg.output.dir:
+        if str(cfg.output.dir) != str(cfg_data["output"]["dir"]):  # a new timestamped run folder
             prov["output.dir"] = "runner (default run directory)"
         return render_config(resolved, prov)
     return yaml.safe_dump(cfg_data, sort_keys=False, allow_unicode=True)
+
+
+class RunTerminated(RunInterrupted):
+    """Training stopped on SIGTERM (after saving a resumable checkpoint when a step had completed).
+
+    SIGTERM is what `timeout`, Docker, Kubernetes and SLURM send before killing a job; it gets the
+    Ctrl-C treatment, and the CLI exits with 143 (128 + SIGTERM), the code a shell reports for it.
+    """
+
+    exit_code = 143
+
+    def __init__(self, checkpoint: str | None, hint: str = "") -> None:
+        super().__init__(checkpoint)
+        saved = f"; checkpoint saved at {checkpoint}" if checkpoint else "; no step had completed"
+        self.cli_message = f"training stopped by SIGTERM{saved}{hint}"
+
+
+class _SigtermHandler:
+    """SIGTERM handling for one run: a graceful stop while the training loop runs, else an exit.
+
+    While `interrupt` (the run's InterruptCallback) is set, the first SIGTERM marks a stop as
+    pending exactly like Ctrl-C: the step finishes, a checkpoint is saved, training stops. Outside
+    the loop (loading, final evaluation), or on a second signal, it raises KeyboardInterrupt, which
+    the runner turns into RunTerminated.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.interrupt: Any = None
+        self._previous: Any = None
+        self._installed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        first = not self.received
+        self.received = True
+        if first and self.interrupt is not None and not self.interrupt.pending:
+            self.interrupt.request_stop()
+            print("\nSIGTERM: saving a checkpoint at the end of this step, then exiting", file=sys.stderr)
+            return
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        # Signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self)
+            self._installed = True
+
+    def uninstall(self) -> None:
+        import signal
+
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+
+def _note(message: str) -> None:
+    if is_main_launch_process():
+        print(message, file=sys.stderr, flush=True)
 
 
 def run_training(
@@ -175,43 +287,101 @@ def run_training(
     `callbacks` are extra TrainerCallbacks (library use, tests); they run before the runner's
     Ctrl-C handling in every event.
 
-    Raises RunSetupError for unusable settings (before anything heavy runs where possible) and
-    RunInterrupted (a KeyboardInterrupt) after saving a resumable checkpoint on Ctrl-C.
+    Raises RunSetupError for unusable settings (before anything heavy runs where possible),
+    RunInterrupted (a KeyboardInterrupt) after saving a resumable checkpoint on Ctrl-C, RunTerminated
+    (a RunInterrupted) likewise on SIGTERM, and SaveFailed when a save hits a full disk.
     """
     started = time.perf_counter()
     cfg_data = config_dict(cfg)
     output = as_dict(cfg_data.get("output"))
-    if output.get("dir"):
-        root = Path(output["dir"]).expanduser()
-    elif resume is not None and resume != "auto":
-        # --resume continues that run's directory: RUN/checkpoints/checkpoint-N or RUN itself.
-        path = Path(resume).expanduser().resolve()
-        root = path if (path / "checkpoints").is_dir() else path.parent.parent
-    elif resume == "auto":
-        raise RunSetupError("--resume auto needs the run directory: pass --output-dir (output.dir=...)")
-    else:
-        root = default_output_dir(cfg_data)
-    cfg_data.setdefault("output", {})["dir"] = str(root)
+    sigterm = _SigtermHandler()
+    sigterm.install()
+    try:
+        root = resolve_run_root(cfg_data, provenance, resume)
+        cfg_data.setdefault("output", {})["dir"] = str(root)
+        if root.exists() and not root.is_dir():
+            check_run_dir(root, overwrite=False, resuming=False)  # raises: names the file
+        # Before anything else looks at the folder: a second run into it stops here.
+        with run_lock(root):
+            return _run_locked(cfg, cfg_data, provenance, root, output, resume, started, callbacks, sigterm)
+    except KeyboardInterrupt as exc:
+        if sigterm.received and not isinstance(exc, RunTerminated):
+            raise RunTerminated(getattr(exc, "checkpoint", None)) from None
+        raise
+    finally:
+        sigterm.uninstall()
+
+
+def _run_locked(
+    cfg: Any,
+    cfg_data: dict[str, Any],
+    provenance: dict[str, str],
+    root: Path,
+    output: dict[str, Any],
+    resume: str | None,
+    started: float,
+    callbacks: list[Any] | None,
+    sigterm: _SigtermHandler,
+) -> Path:
+    from moc_cli.reliability.checkpoints import list_checkpoints
 
     overwrite = bool(output.get("overwrite"))
     run = check_run_dir(root, overwrite=overwrite, resuming=resume is not None)
+    restart = holds_only_a_failed_start(run)
+    if resume == "auto" and not list_checkpoints(run.checkpoints) and (restart or not _has_entries(run)):
+        # Nothing was ever saved here: `--resume auto` starts the run (the same command works for
+        # the first attempt and every retry, as in a requeued batch job).
+        _note(f"no checkpoint in {run.checkpoints} yet: starting from the beginning")
+        resume = None
+    elif resume is None and restart:
+        _note(f"{run.root} holds a run that stopped before its first checkpoint: starting it again")
     resume_from = resume_checkpoint(resume, run)
+    applied: list[str] = []
+    if resume_from is not None:
+        applied = check_resume_config(run, cfg_data)
+        from moc_cli.reliability.checkpoints import checkpoint_step
+
+        _note(f"resuming from {resume_from} (step {checkpoint_step(resume_from)})")
+        for change in applied:
+            _note(f"resuming with a changed setting (applied): {change}")
+
+    def write_records() -> None:
+        atomic_write_text(run.config, _config_yaml(cfg, cfg_data, provenance))
+        write_json(run.env, environment_record(cfg_data.get("seed"), provenance))
 
     def record_run() -> None:
         """Main process only: clear an overwritten run, set up the folders, record config and env."""
-        if overwrite and resume is None:
+        if (overwrite or restart) and resume_from is None:
             clear_run_dir(run)
         run.make()
         if resume_from is not None:
             from moc_cli.reliability.checkpoints import checkpoint_step
             from moc_cli.training.callbacks import truncate_metrics
 
-            check_drift(run, cfg_data)
             truncate_metrics(run.metrics, checkpoint_step(resume_from) or 0)
-        atomic_write_text(run.config, _config_yaml(cfg, cfg_data, provenance))
-        write_json(run.env, environment_record(cfg_data.get("seed"), provenance))
+        else:
+            write_records()
 
-    return _train(cfg_data, run, resume_from, started, record_run, list(callbacks or []))
+    # A resumed run records its config only once it has saved something: a run that is refused,
+    # or fails to load its checkpoint, leaves config.yaml describing the checkpoints that exist.
+    deferred = _Once(write_records if resume_from is not None else None)
+    return _train(cfg_data, run, resume_from, started, record_run, list(callbacks or []), sigterm, deferred)
+
+
+def _has_entries(run: RunDir) -> bool:
+    return run.root.is_dir() and any(p.name != LOCK_NAME for p in run.root.iterdir())
+
+
+class _Once:
+    """Calls `action` the first time it is called (no-op when `action` is None)."""
+
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def __call__(self) -> None:
+        if self.action is not None:
+            action, self.action = self.action, None
+            action()
 
 
 def resume_checkpoint(resume: str | None, run: RunDir) -> Path | None:
@@ -243,9 +413,11 @@ def _train(
     started: float,
     record_run: Any,
     extra_callbacks: list[Any],
+    sigterm: _SigtermHandler,
+    record_config: _Once,
 ) -> Path:
     import transformers
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback, Trainer, TrainerCallback
 
     from moc_cli.training.arguments import training_arguments
     from moc_cli.training.callbacks import (
@@ -322,6 +494,15 @@ def _train(
     callbacks.extend(extra_callbacks)
     callbacks.append(interrupt)
 
+    class RecordConfigOnSave(TrainerCallback):
+        """A resumed run records its (changed) config with its first checkpoint."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                record_config()
+
+    callbacks.append(RecordConfigOnSave())
+
     trainer = Trainer(
         model=model,
         args=args,
@@ -341,35 +522,101 @@ def _train(
     from moc_cli.reliability.nan_guard import NonFiniteLossError
 
     interrupt.install()
+    sigterm.interrupt = interrupt  # SIGTERM now stops like Ctrl-C: finish the step, save, stop
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except KeyboardInterrupt:
-        checkpoint = save_resumable_checkpoint(trainer, run.checkpoints)
+        sigterm.interrupt = None
+        try:
+            checkpoint = save_resumable_checkpoint(trainer, run.checkpoints)
+        except Exception as exc:
+            failure = _save_failed(exc, trainer, run)
+            if failure is not None:
+                raise failure from exc
+            raise
         if main_process:
-            _report_interrupt(checkpoint, run)
-        raise RunInterrupted(str(checkpoint) if checkpoint else None) from None
+            if checkpoint is not None:
+                record_config()
+            _report_interrupt(checkpoint, run, sigterm.received)
+        raise _stopped(str(checkpoint) if checkpoint else None, sigterm) from None
     except NonFiniteLossError as exc:
         if main_process:
             _report_divergence(exc, run)
         raise
+    except Exception as exc:
+        failure = _save_failed(exc, trainer, run)
+        if failure is not None:
+            raise failure from exc
+        raise
     finally:
+        sigterm.interrupt = None
         interrupt.uninstall()
     if interrupt.requested:
         checkpoint = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
         if main_process:
-            _report_interrupt(checkpoint, run)
-        raise RunInterrupted(str(checkpoint))
+            _report_interrupt(checkpoint, run, sigterm.received)
+        raise _stopped(str(checkpoint), sigterm)
 
     metrics_log.eval_kind = "final_eval"
-    return _finish(trainer, task, data, run, cfg_data, source, method, trainable, total, routing, started)
+    try:
+        root = _finish(
+            trainer,
+            task,
+            data,
+            run,
+            cfg_data,
+            source,
+            method,
+            trainable,
+            total,
+            routing,
+            started,
+            metrics_log,
+        )
+    except Exception as exc:
+        from moc_cli.reliability.checkpoints import find_resume_checkpoint
+        from moc_cli.training.checkpointing import save_failure
+
+        failure = save_failure(
+            exc, "the final adapter and results", run.root, None, find_resume_checkpoint(run.checkpoints)
+        )
+        if failure is not None:
+            raise failure from exc
+        raise
+    if main_process:
+        record_config()
+    return root
 
 
-def _report_interrupt(checkpoint: Path | None, run: RunDir) -> None:
+def _stopped(checkpoint: str | None, sigterm: _SigtermHandler) -> RunInterrupted:
+    return RunTerminated(checkpoint) if sigterm.received else RunInterrupted(checkpoint)
+
+
+def _save_failed(exc: BaseException, trainer: Trainer, run: RunDir) -> Exception | None:
+    """A SaveFailed for a checkpoint save that hit a full disk (its incomplete folder removed)."""
+    import shutil
+
+    from moc_cli.reliability.checkpoints import MARKER_NAME, find_resume_checkpoint
+    from moc_cli.training.checkpointing import save_failure, write_failure_reason
+
+    if write_failure_reason(exc) is None:
+        return None
+    partial = run.checkpoints / f"checkpoint-{trainer.state.global_step}"
+    removed = None
+    if trainer.is_world_process_zero() and partial.is_dir() and not (partial / MARKER_NAME).is_file():
+        # Never a resume candidate (no completion marker); removing it gives the space back.
+        shutil.rmtree(partial, ignore_errors=True)
+        removed = partial
+    return save_failure(exc, partial.name, run.checkpoints, removed, find_resume_checkpoint(run.checkpoints))
+
+
+def _report_interrupt(checkpoint: Path | None, run: RunDir, sigterm: bool = False) -> None:
+    what = "Stopped by SIGTERM" if sigterm else "Interrupted"
     if checkpoint is None:
-        print("Interrupted before the first step completed; nothing to resume.", file=sys.stderr)
+        print(f"{what} before the first step completed; nothing to resume.", file=sys.stderr)
     else:
         print(
-            f"Interrupted: saved a resumable checkpoint at {checkpoint}\n"
+            f"{what}: saved a resumable checkpoint at {checkpoint}\n"
             f"Continue with: moc train ... --output-dir {run.root} --resume auto",
             file=sys.stderr,
         )
@@ -396,11 +643,12 @@ def _finish(
     total: int,
     routing: Any,
     started: float,
+    metrics_log: Any,
 ) -> Path:
     from moc_cli.training.callbacks import read_metrics
     from moc_cli.training.model_card import render_model_card
     from moc_cli.training.plots import plot_curves, plot_routing
-    from moc_cli.training.summary import format_summary, summary_record
+    from moc_cli.training.summary import format_summary, stable_metrics, summary_record
 
     # Evaluation is a collective (every rank scores its shard, Trainer gathers); everything written
     # to the run directory (samples, adapter card, plots, results) comes from the main process.
@@ -408,11 +656,21 @@ def _finish(
     split_metrics: dict[str, dict[str, float]] = {}
     routing_record: dict[str, Any] | None = None
     for split in data.eval_splits:
-        if routing is not None and split == data.eval_splits[0]:
-            routing.reset()
-        metrics = evaluate_split(trainer, task, data, split)
-        if routing is not None and split == data.eval_splits[0]:
-            routing_record = routing.last_eval_stats
+        logged = last_step_evaluation(trainer, routing is not None) if split == data.eval_splits[0] else None
+        if logged is not None:
+            # Trainer evaluated this split on these very weights at the last step: reuse that
+            # evaluation (and its routing counts) instead of running it twice; the log still gets
+            # its final_eval record.
+            metrics = stable_metrics(task.finalize_metrics(logged))
+            metrics_log.on_log(trainer.args, trainer.state, trainer.control, logs=dict(logged))
+            if routing is not None:
+                routing_record = routing.last_eval_stats
+        else:
+            if routing is not None and split == data.eval_splits[0]:
+                routing.reset()
+            metrics = evaluate_split(trainer, task, data, split)
+            if routing is not None and split == data.eval_splits[0]:
+                routing_record = routing.last_eval_stats
         if task.kind == "causal_lm":
             # On every rank, so that no rank waits at the next barrier for the whole generation
             # (it could outlast the process group timeout); only the main process writes samples.
@@ -476,6 +734,27 @@ def _finish(
     write_json(run.results, results)
     print(format_summary(summary, str(run.root)), flush=True)
     return run.root
+
+
+def last_step_evaluation(trainer: Trainer, routed: bool) -> dict[str, Any] | None:
+    """The `eval_*` metrics Trainer logged for the main split at the final step, if they can stand
+    for the final evaluation: the weights are still those it evaluated (no best-model reload) and,
+    for routed methods, a training log event reset the routing counts just before it (so they count
+    evaluation tokens only)."""
+    from moc_cli.training.callbacks import event_kind
+
+    if trainer.args.load_best_model_at_end:
+        return None
+    history = trainer.state.log_history
+    evals = [i for i, entry in enumerate(history) if event_kind(entry) == "eval"]
+    if not evals or history[evals[-1]].get("step") != trainer.state.global_step:
+        return None
+    last = evals[-1]
+    if routed:
+        before = history[last - 1] if last > 0 else {}
+        if event_kind(before) != "train" or before.get("step") != trainer.state.global_step:
+            return None
+    return {key: value for key, value in history[last].items() if key.startswith("eval_")}
 
 
 def _dataset_name(cfg_data: dict[str, Any], task: Task) -> str | None:

@@ -106,7 +106,11 @@ def test_train_calls_the_runner_with_config_provenance_and_resume(
     assert prov["training.max_steps"] == f"file:{user}"
     assert prov["method.r"] == "override"
     assert resume == "auto"
-    assert f"run directory: {runner.run_dir}" in result.stdout
+    # The runner's summary names the folder; the CLI adds only the next commands (issue 18, item 25).
+    assert (
+        result.stdout.splitlines()[-1]
+        == f"next: moc eval {runner.run_dir}   |   moc merge-export {runner.run_dir}"
+    )
 
 
 def test_train_resume_path(recipes_root: Path, runner, tmp_path: Path) -> None:

@@ -90,7 +90,9 @@ def test_train_then_eval_reproduces_metrics(
     assert result.exit_code == 0, result.output
 
     assert tree(run_dir) == EXPECTED_TREE
-    assert f"run directory: {run_dir}" in result.stdout
+    # The folder is printed once, in the summary; the last line names the next commands.
+    assert result.stdout.count(f"run dir           {run_dir}\n") == 1
+    assert result.stdout.splitlines()[-1] == f"next: moc eval {run_dir}   |   moc merge-export {run_dir}"
     assert "Run summary" in result.stdout and "main metric       eval_accuracy = " in result.stdout
     # Plain progress lines, no tqdm bars, when output is not a terminal.
     assert "step 3/6 | loss " in result.stderr and "samples/s" in result.stderr

@@ -114,8 +114,9 @@ def test_config_drift_lists_changed_keys() -> None:
         "training": {"max_steps": 10, "num_train_epochs": 3.0},
         "method": {"name": "moc", "r": 8},
     }
+    # One line per changed leaf (not whole sections), the keys a resume cannot change first.
     assert config_drift(saved, changed) == [
+        "method.r: 16 -> 8",
         "seed: 42 -> 1",
         "training.max_steps: 8 -> 10",
-        "method: {'name': 'moc', 'r': 16} -> {'name': 'moc', 'r': 8}",
     ]

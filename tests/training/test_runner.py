@@ -249,13 +249,16 @@ def test_eval_rejects_splits_without_data(reference_run: dict) -> None:
         run_eval(reference_run["run"], "test", [])
 
 
-def test_resume_warns_on_config_drift(reference_run: dict, capsys) -> None:
+def test_resume_refuses_frozen_changes_and_applies_cadence(reference_run: dict) -> None:
     from moc_cli.training.run_dir import RunDir
-    from moc_cli.training.runner import check_drift
+    from moc_cli.training.runner import check_resume_config
 
-    saved = yaml.safe_load((reference_run["run"] / "config.yaml").read_text())
+    run = RunDir(reference_run["run"])
+    saved = yaml.safe_load(run.config.read_text())
     changed = {**saved, "seed": 7, "training": {**saved["training"], "max_steps": 9}}
-    check_drift(RunDir(reference_run["run"]), changed)
-    err = capsys.readouterr().err.splitlines()
-    prefix = f"warning: resuming with a config that differs from {reference_run['run'] / 'config.yaml'}: "
-    assert err == [prefix + "seed: 42 -> 7", prefix + "training.max_steps: 8 -> 9"]
+    with pytest.raises(RunSetupError) as info:
+        check_resume_config(run, changed)
+    assert "\n      seed: 42 -> 7\n" in str(info.value)
+    assert "max_steps" not in str(info.value)
+    longer = {**saved, "training": {**saved["training"], "max_steps": 9}}
+    assert check_resume_config(run, longer) == ["training.max_steps: 8 -> 9"]
