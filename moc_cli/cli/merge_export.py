@@ -40,15 +40,17 @@ def merge_export(
     """Export a fine-tuned model: a bundle (base + controls), a merged checkpoint or an ONNX graph.
 
     Base model, dtype, task and method are read from the run's config.yaml (or, for a bare adapter
-    directory, from adapter_config.json). Re-running is a no-op unless --force is given.
+    directory, from adapter_config.json). The export records the adapter it was built from (sha256
+    and training step): re-running is a no-op while that adapter is unchanged, and rebuilds the
+    export once it changed (e.g. the run was resumed to more steps). --force always rebuilds.
 
     Examples:
 
-      moc merge-export runs/glue/sst2/2026-01-01 --format bundle
+      moc merge-export runs/glue/sst2/20260101-120000 --format bundle
 
       moc merge-export runs/lora-run --format merged --output exported/
 
-      moc merge-export runs/glue/sst2/2026-01-01 --format onnx
+      moc merge-export runs/glue/sst2/20260101-120000 --format onnx
     """
     from moc_cli.export.errors import ExportError
     from moc_cli.export.exporter import export
@@ -65,6 +67,8 @@ def merge_export(
             err=True,
         )
     else:
+        if result.rebuilt:
+            typer.echo(f"rebuilt the export at {result.path}: {result.rebuilt}", err=True)
         typer.echo(f"exported {result.format} to {result.path}", err=True)
         check = result.manifest.get("onnx")
         if check:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,58 @@ class ExportResult:
     format: str
     existed: bool
     manifest: dict[str, Any]
+    # Why an existing export was rebuilt without --force (its adapter changed), else None.
+    rebuilt: str | None = None
+
+
+# Files of an adapter folder that do not change what the export computes.
+_NOT_DIGESTED = ("README.md",)
+
+
+def adapter_digest(adapter_dir: Path) -> str:
+    """sha256 over the adapter folder's files (names and contents; the model card excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(adapter_dir).rglob("*") if p.is_file()):
+        rel = path.relative_to(adapter_dir).as_posix()
+        if rel in _NOT_DIGESTED:
+            continue
+        digest.update(rel.encode("utf-8") + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def adapter_step(source: ExportSource) -> int | None:
+    """The training step the adapter is from: a checkpoint's N, else the run's final global step."""
+    match = re.fullmatch(r"checkpoint-(\d+)", source.adapter_dir.name)
+    if match:
+        return int(match.group(1))
+    summary = (source.eval_results or {}).get("summary") or {}
+    step = summary.get("global_step")
+    return int(step) if isinstance(step, int) else None
+
+
+def built_from(source: ExportSource) -> dict[str, Any]:
+    """What an export is built from; recorded in its manifest and compared on the next export."""
+    return {"adapter_sha256": adapter_digest(source.adapter_dir), "step": adapter_step(source)}
+
+
+def _describe(origin: dict[str, Any]) -> str:
+    step = origin.get("step")
+    digest = str(origin.get("adapter_sha256") or "")[:12]
+    return f"step {step if step is not None else '?'}, adapter sha256 {digest or '?'}"
+
+
+def staleness(manifest: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why an export whose manifest is `manifest` no longer matches the adapter (None: up to date)."""
+    recorded = manifest.get("built_from")
+    if not isinstance(recorded, dict) or not recorded.get("adapter_sha256"):
+        return "it does not record which adapter it was built from"
+    if recorded["adapter_sha256"] != current["adapter_sha256"]:
+        return f"it was built from an older adapter ({_describe(recorded)}; now {_describe(current)})"
+    return None
 
 
 def default_format(source: ExportSource) -> str:
@@ -104,14 +158,21 @@ def export(
     source.refuse_pickles(allow_pickle)
     target = Path(output).expanduser().resolve() if output else default_output(source, fmt)
     existing = _check_existing(target, fmt, force, source.adapter_dir)
+    origin = built_from(source)
+    rebuilt = None
     if existing is not None:
-        return ExportResult(target, fmt, True, existing)
+        # "Already exported" only if it is an export of this very adapter: a run resumed to more
+        # steps keeps its folder and adapter path but not its weights.
+        rebuilt = staleness(existing, origin)
+        if rebuilt is None:
+            return ExportResult(target, fmt, True, existing)
     remove_stale_partials(target)
     with atomic_directory(target) as work:
         manifest = _build(source, fmt, work, target, allow_pickle, max_shard_bytes)
+        manifest["built_from"] = origin
         # Written last: its presence marks a complete export.
         (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return ExportResult(target, fmt, False, manifest)
+    return ExportResult(target, fmt, False, manifest, rebuilt)
 
 
 def _build(
