@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run from a checkout without installing: the repository root holds the moc_cli package. It
-# replaces the script's own folder on the path, where kernels.py would shadow the `kernels`
-# package that transformers imports.
-sys.path[0] = str(ROOT)
+if __name__ == "__main__":
+    # Run from a checkout without installing: the repository root holds the moc_cli package. It
+    # replaces the script's own folder on the path, where kernels.py would shadow the `kernels`
+    # package that transformers imports. (Imported by the tests, the path is left alone.)
+    sys.path[0] = str(ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 RESULTS = Path(__file__).parent / "results"

@@ -188,7 +188,7 @@ class MocRuntime:
             a_col = (
                 alpha
                 if isinstance(alpha, torch.Tensor)
-                else torch.tensor([[alpha]], dtype=route.gates.dtype, device=u.device)
+                else route.gates.new_full((1, 1), alpha)  # a fill on the device, not a host copy
             )
             parts_coef.append(a_col.to(route.gates.dtype).expand(n, 1))
         parts_idx.append(route.idx)
