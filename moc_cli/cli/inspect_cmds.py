@@ -112,18 +112,27 @@ def validate(
         ),
     ] = False,
 ) -> None:
-    """Check a recipe against the schema plus cheap pre-flight checks (task, model path, data files)."""
+    """Check a recipe against the schema plus cheap pre-flight checks (task, model, data files).
+
+    "OK" is printed only once every requested check passed, so the output and the exit code agree.
+    """
     from moc_cli.config.preflight import preflight
 
     cfg, provenance = load_or_exit(recipe, config, list(overrides or []))
     issues = preflight(cfg, provenance)
     if issues:
         raise fail_config(ConfigError(issues))
+    # Before "OK": an estimate that fails (exit 1 or 2) must not follow an OK line.
+    report = _memory_estimate_report(cfg) if estimate_memory else None
     typer.echo(
         f"OK: {recipe} (task {cfg.task.name}, model {cfg.model.name_or_path}, method {cfg.method.name})"
     )
-    if estimate_memory:
-        _print_memory_estimate(cfg)
+    if report is not None:
+        lines, warning = report
+        for line in lines:
+            typer.echo(line)
+        if warning:
+            err(warning)
 
 
 def _available_memory() -> tuple[int, str]:
@@ -137,24 +146,37 @@ def _available_memory() -> tuple[int, str]:
     return psutil.virtual_memory().available, "available RAM"
 
 
-def _print_memory_estimate(cfg: Any) -> None:
-    from moc_cli.training.memory_estimate import GIB, estimate_memory
+def _memory_estimate_report(cfg: Any) -> tuple[list[str], str | None]:
+    """(stdout lines, stderr warning or None) of `--estimate-memory`, with the time it took."""
+    import time
 
     with cli_errors("memory estimate"):
+        started = time.perf_counter()
+        import peft  # noqa: F401  (imported here so that the time below tells imports and estimate apart)
+        import transformers  # noqa: F401
+
+        from moc_cli.training.memory_estimate import GIB, estimate_memory
+
+        imported = time.perf_counter()
         estimate = estimate_memory(cfg.model_dump())
+        estimated = time.perf_counter()
         available, where = _available_memory()
-    typer.echo("Memory estimate (training, one process):")
-    for line in estimate.lines():
-        typer.echo(line)
+    lines = ["Memory estimate (training, one process):", *estimate.lines()]
+    warning = None
     if estimate.total_bytes > available:
-        err(
+        warning = (
             f"warning: the estimate exceeds the {available / GIB:.1f} GiB {where}; lower "
             "training.per_device_train_batch_size (activations grow with it) and raise "
             "training.gradient_accumulation_steps to keep the effective batch, or set "
             "training.gradient_checkpointing=true"
         )
     else:
-        typer.echo(f"  fits: {available / GIB:.1f} GiB {where}")
+        lines.append(f"  fits: {available / GIB:.1f} GiB {where}")
+    lines.append(
+        f"  took {estimated - imported:.1f} s on the meta device (no weights or data loaded), "
+        f"after {imported - started:.1f} s importing torch, transformers and peft"
+    )
+    return lines, warning
 
 
 def _version(dist: str) -> str | None:

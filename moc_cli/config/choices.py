@@ -101,3 +101,18 @@ REPORT_TO = (
     "kubeflow",
 )
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
+
+# The dotted path of each mapped architecture's layer list, as in moc_cli.tuner.architectures
+# (checked by tests/config/test_choices.py): pre-flight names MoC's valid target_modules from it.
+MOC_LAYER_LISTS = {
+    "bert": "encoder.layer",
+    "roberta": "encoder.layer",
+    "deberta-v2": "encoder.layer",
+    "mpnet": "encoder.layer",
+    "llama": "layers",
+    "mistral": "layers",
+    "qwen2": "layers",
+    "gemma": "layers",
+    "gpt2": "h",
+    "vit": "layers",
+}

@@ -25,7 +25,7 @@ from moc_cli.config.layering import (
 )
 from moc_cli.config.resources import defaults_file, find_recipe
 from moc_cli.config.schema import METHOD_MODELS, RunConfig
-from moc_cli.config.schema_info import is_known_path, keys_at
+from moc_cli.config.schema_info import is_known_path, suggest_key
 
 
 def load_run_config(
@@ -97,11 +97,9 @@ def apply_overrides(merged: dict[str, Any], overrides: list[str], prov: Provenan
         if action == "delete":
             if not is_known_path(path):
                 parent, _, leaf = path.rpartition(".")
-                issues.append(
-                    ConfigIssue(
-                        path, f"unknown key in `{item}`", OVERRIDE, did_you_mean(leaf, keys_at(parent))
-                    )
-                )
+                suggestion, note = suggest_key(parent, leaf)
+                message = f"unknown key in `{item}`" + (f"; {note}" if note else "")
+                issues.append(ConfigIssue(path, message, OVERRIDE, suggestion))
                 continue
             delete_path(merged, parts, prov)
             continue
@@ -142,7 +140,8 @@ def _issue_from_pydantic(err: dict[str, Any], merged: dict[str, Any], prov: Prov
         parent, _, leaf = dotted.rpartition(".")
         method = _method_name(merged)
         where = f" for method '{method}'" if parent == "method" and method else ""
-        return ConfigIssue(path, f"unknown key{where}", source, did_you_mean(leaf, keys_at(parent, method)))
+        suggestion, note = suggest_key(parent, leaf, method)
+        return ConfigIssue(path, f"unknown key{where}" + (f"; {note}" if note else ""), source, suggestion)
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         return ConfigIssue(

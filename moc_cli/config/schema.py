@@ -48,6 +48,11 @@ class ModelSection(Section):
     trust_remote_code: bool = Field(
         False, description="Allow custom modeling code from the model repository."
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Accept pickle weights (*.bin) when the model has no safetensors; pickle can run "
+        "code when loaded, so only for files you trust.",
+    )
     attn_implementation: Literal[C.ATTN_IMPLEMENTATIONS] | None = Field(
         None,
         description="Attention kernel; null keeps the transformers default (sdpa). 'eager' for attention maps.",

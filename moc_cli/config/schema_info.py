@@ -109,3 +109,74 @@ def is_known_path(path: str) -> bool:
         return True
     dict_fields = {d.path for d in docs if d.type.startswith("dict")}
     return any(path.startswith(f + ".") for f in dict_fields)
+
+
+# Names other tools (peft, TRL, axolotl, argparse scripts) use for a key this schema spells differently;
+# string similarity alone misses them (`rank` is far from `r`).
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "rank": ("r",),
+    "lora_r": ("r",),
+    "lora_rank": ("r",),
+    "control_rank": ("r",),
+    "lr": ("learning_rate",),
+    "epochs": ("num_train_epochs",),
+    "num_epochs": ("num_train_epochs",),
+    "steps": ("max_steps",),
+    "batch_size": ("per_device_train_batch_size",),
+    "train_batch_size": ("per_device_train_batch_size",),
+    "micro_batch_size": ("per_device_train_batch_size",),
+    "eval_batch_size": ("per_device_eval_batch_size",),
+    "grad_accum": ("gradient_accumulation_steps",),
+    "gradient_accumulation": ("gradient_accumulation_steps",),
+    "warmup_ratio": ("warmup_steps",),
+    "evaluation_strategy": ("eval_strategy",),
+    "scheduler": ("lr_scheduler_type",),
+    "optimizer": ("optim",),
+    "max_seq_length": ("max_length",),
+    "max_seq_len": ("max_length",),
+    "sequence_len": ("max_length",),
+    "model_name": ("name_or_path",),
+    "model_name_or_path": ("name_or_path",),
+    "base_model": ("name_or_path",),
+    "torch_dtype": ("dtype",),
+    "output_dir": ("dir",),
+    "dropout": ("control_dropout", "lora_dropout"),
+    "experts": ("top_k",),
+}
+
+
+def suggest_key(parent: str, leaf: str, method: str | None = None) -> tuple[str | None, str | None]:
+    """(suggestion, note) for the unknown key `leaf` under `parent` ('' = top level).
+
+    In order: a known alias in the same section (`method.rank` -> `r`), a close name in the same
+    section, then the same or a close name in another section, given as its full dotted path
+    (`training.seed` -> `seed`, `model.max_length` -> `task.max_length`) with a note saying where
+    it lives.
+    """
+    from moc_cli.config.errors import did_you_mean
+
+    here = keys_at(parent, method)
+    for alias in KEY_ALIASES.get(leaf.lower(), ()):
+        if alias in here:
+            return alias, None
+    elsewhere: dict[str, str] = {}  # leaf -> full path, for the keys of every other section
+    for doc in all_fields():
+        head, _, name = doc.path.rpartition(".")
+        if doc.type == "section" or head == parent or "." in head:  # same section, or deeper
+            continue
+        elsewhere.setdefault(name, doc.path)
+    # The exact name elsewhere beats a near name here: `training.seed` means the top-level seed.
+    candidates = [leaf] if leaf in elsewhere else []
+    candidates += [a for a in KEY_ALIASES.get(leaf.lower(), ()) if a in elsewhere]
+    if not candidates:
+        close = did_you_mean(leaf, here)
+        if close is not None:
+            return close, None
+    name = candidates[0] if candidates else did_you_mean(leaf, elsewhere)
+    if name is None:
+        return None, None
+    path = elsewhere[name]
+    home = path.rpartition(".")[0]
+    if not home:
+        return path, f"{name} is a top-level key, not part of {parent}"
+    return path, f"{name} belongs to {home}, not {parent or 'the top level'}"

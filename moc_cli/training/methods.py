@@ -7,6 +7,7 @@ Baselines go through peft's own configs, so comparing MoC with LoRA is one overr
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.training._sections import as_dict
@@ -117,12 +118,36 @@ def apply_method(model: nn.Module, method_cfg: Any, task_kind: str) -> nn.Module
             config = getattr(model, "config", None)
             # Read it the way peft does (to_dict), which is what its default-target lookup used.
             model_type = config.to_dict().get("model_type") if hasattr(config, "to_dict") else None
+            if name in ("moc", "control"):
+                raise RunSetupError(
+                    _moc_target_message(model, peft_config, model_type), "method.target_modules"
+                ) from exc
             raise RunSetupError(
                 f"method.name={name} has no default target modules for model_type={model_type!r}; "
                 "set method.target_modules, e.g. method.target_modules=[q_proj,v_proj] "
                 "(names of Linear layers in the model)"
             ) from exc
         raise
+
+
+def _moc_target_message(model: nn.Module, peft_config: Any, model_type: str | None) -> str:
+    """MoC's `target_modules` names transformer layers, not Linear modules: say so, with this model's layers."""
+    from moc_cli.config.preflight import target_modules_help
+    from moc_cli.tuner.architectures import ARCHITECTURES
+
+    layers_path = peft_config.layers_pattern or (ARCHITECTURES.get(str(model_type)) or {}).get("layers")
+    names: list[str] = []
+    if layers_path:
+        # Shown without the head class's prefix (bert.encoder.layer.0 -> encoder.layer.0): a suffix matches.
+        pattern = re.compile(rf"(?:.*\.)?({re.escape(layers_path)}\.\d+)")
+        for module_name, _ in model.named_modules():
+            found = pattern.fullmatch(module_name)
+            if found and found.group(1) not in names:
+                names.append(found.group(1))
+    chosen = f"method.target_modules={peft_config.target_modules!r}"
+    if peft_config.layers_to_transform is not None:
+        chosen += f" with method.layers_to_transform={peft_config.layers_to_transform!r}"
+    return f"{chosen} selects no layer of this model. " + target_modules_help(str(model_type), names)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

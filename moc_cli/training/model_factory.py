@@ -1,7 +1,18 @@
-"""Tokenizer and base model for a task kind, loaded offline-safe and from safetensors by default."""
+"""Tokenizer and base model for a task kind, loaded offline-safe and from safetensors by default.
+
+The loading policy (safetensors unless `model.allow_pickle`, remote code only when asked for) is
+`moc_cli.reliability.safety`'s. A model that is neither local, cached nor on a reachable Hub fails
+at once with its name (`moc_cli.config.preflight.model_source_problem`), and transformers' LOAD
+REPORT about the task head starting from random values, which every run expects, is not printed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.training._sections import as_dict
@@ -12,6 +23,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from moc_cli.tasks.base import Task
+
+# The config key that allows pickle weights, named in the errors that refuse them.
+ALLOW_PICKLE_KEY = "model.allow_pickle=true"
 
 _DTYPES = {
     "float32": "float32",
@@ -39,9 +53,18 @@ def resolve_dtype(name: str | None) -> torch.dtype | str | None:
 
 
 def resolve_source(name_or_path: str) -> str:
-    """A local folder or Hub id for `from_pretrained` (pkg:// URIs and GGUF files are converted)."""
-    from moc_cli.assets import resolve_model_source
+    """A local folder or Hub id for `from_pretrained` (pkg:// URIs and GGUF files are converted).
 
+    A Hub id that is neither cached nor reachable raises RunSetupError naming it, in a few seconds
+    at most (transformers would retry for about a minute, then not say which model it wanted).
+    """
+    from moc_cli.assets import resolve_model_source
+    from moc_cli.config.preflight import model_source_problem
+
+    if not name_or_path.lower().endswith(".gguf"):
+        problem = model_source_problem(name_or_path)
+        if problem is not None:
+            raise RunSetupError(problem, key="model.name_or_path")
     return resolve_model_source(name_or_path)
 
 
@@ -90,8 +113,10 @@ def head_config_kwargs(task: Task) -> dict[str, Any]:
 
 def model_kwargs(model_cfg: Any) -> dict[str, Any]:
     """`trust_remote_code`, `dtype` and `attn_implementation` from the `model:` section."""
+    from moc_cli.reliability.safety import resolve_trust_remote_code
+
     cfg = as_dict(model_cfg)
-    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.get("trust_remote_code"))}
+    kwargs: dict[str, Any] = {"trust_remote_code": resolve_trust_remote_code(cfg.get("trust_remote_code"))}
     dtype = resolve_dtype(cfg.get("dtype"))
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -100,27 +125,80 @@ def model_kwargs(model_cfg: Any) -> dict[str, Any]:
     return kwargs
 
 
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' LOAD REPORT record; `build_model` reports what is really wrong itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_load_report() -> Iterator[None]:
+    logger = logging.getLogger("transformers.modeling_utils")
+    dropper = _DropLoadReport()
+    logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropper)
+
+
+def base_weights_missing(missing_keys: list[str]) -> list[str]:
+    """Missing weights other than the task head's (a new head starts from random values by design)."""
+    from moc_cli.training.methods import HEAD_MODULE_NAMES
+
+    return [key for key in missing_keys if key.split(".", 1)[0] not in HEAD_MODULE_NAMES]
+
+
 def build_model(
     source: str, task: Task, model_cfg: Any, tokenizer: PreTrainedTokenizerBase
 ) -> PreTrainedModel:
     """The base model with the head the task kind needs (sequence classification, multiple choice, LM)."""
+    from moc_cli.reliability.safety import from_pretrained_kwargs, pickle_weight_files
+
     cfg = as_dict(model_cfg)
+    allow_pickle = bool(cfg.get("allow_pickle"))
+    local = Path(source)
+    if not allow_pickle and local.is_dir() and not any(local.glob("*.safetensors")):
+        pickles = pickle_weight_files(local)
+        if pickles:
+            raise RunSetupError(
+                f"{source} has no safetensors weights, only pickle files ({', '.join(p.name for p in pickles)}), "
+                "which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) writes "
+                f"model.safetensors), or set {ALLOW_PICKLE_KEY} if you trust them",
+                key="model.allow_pickle",
+            )
     kwargs: dict[str, Any] = {
         **model_kwargs(cfg),
         **head_config_kwargs(task),
-        # Pickled .bin weights can execute code on load; safetensors only unless explicitly allowed.
-        # allow_pickle widens the choice (safetensors still preferred when present), it never forbids safetensors.
-        "use_safetensors": None if cfg.get("allow_pickle") else True,
+        # Pickled .bin weights can execute code on load: safetensors only unless explicitly allowed
+        # (allowing them still prefers safetensors when both are present).
+        **{
+            k: v
+            for k, v in from_pretrained_kwargs(allow_pickle=allow_pickle).items()
+            if k != "trust_remote_code"
+        },
     }
     try:
-        model = auto_model_class(task).from_pretrained(source, **kwargs)
+        with _without_load_report():
+            model, info = auto_model_class(task).from_pretrained(source, output_loading_info=True, **kwargs)
     except OSError as exc:
-        if "safetensors" in str(exc) and kwargs["use_safetensors"]:
+        if "safetensors" in str(exc) and kwargs.get("use_safetensors"):
             raise RunSetupError(
-                f"{source} has no safetensors weights; convert it, or set model.allow_pickle=true "
-                "if you trust the pickled .bin file"
+                f"{source} has no safetensors weights; convert it, or set {ALLOW_PICKLE_KEY} "
+                "if you trust the pickled .bin file",
+                key="model.allow_pickle",
             ) from exc
         raise
+    missing = base_weights_missing(list(info.get("missing_keys") or []))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        print(
+            f"warning: {len(missing)} weight(s) of the base model are not in {source} and start from "
+            f"random values: {shown}; check that model.name_or_path is the model you mean",
+            file=sys.stderr,
+            flush=True,
+        )
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         # Decoder classifiers pick the last non-pad token; without pad_token_id they refuse batches > 1.
         model.config.pad_token_id = tokenizer.pad_token_id

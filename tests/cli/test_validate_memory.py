@@ -32,5 +32,10 @@ def test_cli_prints_the_estimate_and_names_the_model_when_its_config_is_missing(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     missing = invoke("validate", str(recipe), "--estimate-memory", "model.name_or_path=nobody/no-such-model")
     assert missing.exit_code == 2
-    assert "  - model.name_or_path: no model config found for nobody/no-such-model (" in missing.stderr
-    assert "pass a local folder written by save_pretrained, or a Hub id while online" in missing.stderr
+    # Pre-flight finds the model missing before the estimate starts (no model config to build it from).
+    assert (
+        "  - model.name_or_path: model 'nobody/no-such-model' is neither a local folder (no "
+        f"{Path.cwd() / 'nobody/no-such-model'}) nor in the Hugging Face cache" in missing.stderr
+    )
+    assert "and the Hub is switched off (HF_HUB_OFFLINE=1); give a local folder written by" in missing.stderr
+    assert "OK" not in missing.stdout

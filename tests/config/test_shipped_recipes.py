@@ -21,7 +21,8 @@ def test_recipe_tree_is_the_repository_one() -> None:
 
 
 @pytest.mark.parametrize("name", RECIPES or ["<none>"])
-def test_shipped_recipe_validates(name: str) -> None:
+def test_shipped_recipe_validates(name: str, hub_cache: Path) -> None:
+    # hub_cache: pre-flight needs the recipes' Hub models at hand (cached, as offline use requires)
     if name == "<none>":
         pytest.skip("no recipes shipped yet under recipes/")
     cfg, provenance = load_run_config(name, None, [])
