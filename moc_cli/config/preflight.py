@@ -335,7 +335,7 @@ def _check_model_limits(
         issues.append(
             ConfigIssue(
                 "task.max_length",
-                f"{cfg.task.max_length} is longer than the {limit} positions {name} ({model_type}) can embed; "
+                f"{cfg.task.max_length} is longer than the {limit} positions that {name} ({model_type}) can embed; "
                 f"set task.max_length={limit} or less (longer inputs crash once a long example arrives)",
                 provenance.get("task.max_length"),
             )
