@@ -5,12 +5,16 @@ normalisation and float64 models."""
 from __future__ import annotations
 
 import inspect
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from balance_step_driver import one_step
 from moc_tuner_testkit import HIDDEN, LAYERS, tiny
 from peft import get_peft_model
 
@@ -36,48 +40,10 @@ def _no_dropout(model: torch.nn.Module) -> None:
 
 
 # ------------------------------------------------------------------ 1. gradient accumulation
-def _trainer_step(tmp_path: Path, accumulation: int, coef: float) -> tuple[float, torch.Tensor, float]:
-    """One optimizer step of a real Trainer over 4 identical rows (so every micro-batch routes
-    alike): the sum of the micro-batch losses it backpropagates, the router after SGD(lr=1) and
-    the balance loss of the last micro-batch."""
-    from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
-
-    class Recording(Trainer):
-        def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            self.losses.append(loss.item())
-            return loss
-
-    t = tiny("llama")
-    model = get_peft_model(t.build(), MocConfig(r=4, task_type="CAUSAL_LM", aux_loss_coef=coef))
-    _randomize(model)
-    row = {k: v[1].tolist() for k, v in t.batch().items()}  # row 1 has padding: 3 label items
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4 // accumulation,
-        gradient_accumulation_steps=accumulation,
-        max_steps=1,
-        learning_rate=1.0,
-        optim="sgd",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    trainer = Recording(model=model, args=args, train_dataset=Dataset.from_list([row] * 4))
-    trainer.losses = []
-    trainer.train()
-    assert len(trainer.losses) == accumulation
-    router = model.base_model.moc_state["default"].router["block"].detach().clone()
-    return sum(trainer.losses), router, routing_stats(model)["balance_loss"]
-
-
 def test_balance_loss_weight_does_not_depend_on_gradient_accumulation(tmp_path: Path) -> None:
     # Trainer passes num_items_in_batch to a causal LM and does not divide its loss by the
     # accumulation steps; each micro-batch's balance term must then weigh its share of the items.
-    step = {(ga, coef): _trainer_step(tmp_path, ga, coef) for ga in (1, 2, 4) for coef in (0.0, 0.01)}
+    step = {(ga, coef): one_step(tmp_path, 4 // ga, ga, coef) for ga in (1, 2, 4) for coef in (0.0, 0.01)}
     balance = {ga: step[ga, 0.01][0] - step[ga, 0.0][0] for ga in (1, 2, 4)}
     assert balance[1] == pytest.approx(0.01 * step[1, 0.01][2], rel=1e-4)  # lambda * balance
     for ga in (2, 4):
@@ -85,6 +51,31 @@ def test_balance_loss_weight_does_not_depend_on_gradient_accumulation(tmp_path: 
         assert balance[ga] == pytest.approx(balance[1], rel=1e-4)
         # and in the update: the router after one SGD step is the same
         torch.testing.assert_close(step[ga, 0.01][1], step[1, 0.01][1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow  # two torchrun processes importing transformers: about a minute on a loaded CPU
+@pytest.mark.parametrize("average_tokens", [True, False])
+def test_balance_loss_weight_does_not_depend_on_the_process_count(
+    tmp_path: Path, average_tokens: bool
+) -> None:
+    # With average_tokens_across_devices Trainer counts the items of all processes and multiplies
+    # each process's loss by the process count; DDP then averages the gradients.
+    driver = Path(__file__).with_name("balance_step_driver.py")
+    out = tmp_path / "router.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*cmd, str(driver), str(out), "2", "1", "0.01", str(int(average_tokens))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(out)
+    assert saved["world_size"] == 2
+    _, single, _ = one_step(tmp_path, 4, 1, 0.01, average_tokens)
+    torch.testing.assert_close(saved["router"], single, rtol=1e-5, atol=1e-7)
 
 
 def test_balance_share_follows_num_items_in_batch_of_all_processes() -> None:
