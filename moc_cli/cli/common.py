@@ -66,9 +66,21 @@ def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
         if verbose_enabled():
             traceback.print_exc(file=sys.stderr)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        hint = "" if verbose_enabled() else " (run `moc -v ...` for the traceback)"
-        err(f"error: {action} failed: {type(exc).__name__}: {text}{hint}")
+        if _speaks_for_itself(exc):
+            # The message already names the file, line and fix: no class name, no traceback hint.
+            err(f"error: {action} failed: {text}")
+        else:
+            hint = "" if verbose_enabled() else " (run `moc -v ...` for the traceback)"
+            err(f"error: {action} failed: {type(exc).__name__}: {text}{hint}")
         raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _speaks_for_itself(exc: BaseException) -> bool:
+    """Errors written for the user (bad data files, damaged exports), not programming errors."""
+    from moc_cli.export.errors import ExportError
+    from moc_cli.tasks.base import TaskDataError, TaskOptionError
+
+    return isinstance(exc, (TaskDataError, TaskOptionError, ExportError))
 
 
 def check_override_syntax(overrides: list[str]) -> None:

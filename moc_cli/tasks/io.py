@@ -6,6 +6,7 @@ for the Hub dataset. Every error names the task, the file (or Hub id), the split
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -48,9 +49,38 @@ def read_json_records(path: Path, task: str) -> list[dict[str, Any]]:
     return read_json_records_with_lines(path, task)[0]
 
 
+def read_utf8_text(path: Path, task: str) -> str:
+    """The file's text; bytes that are not UTF-8 raise TaskDataError naming the line and the fix.
+
+    A UTF-8 byte-order mark (which Windows tools write) is dropped; it carries no content.
+    """
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise TaskDataError(
+            f"task {task}: {path}: the file is UTF-16 text (it starts with a UTF-16 byte-order mark); "
+            "save it as UTF-8"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TaskDataError(_not_utf8_message(task, path, data, err.start)) from None
+
+
+def _not_utf8_message(task: str, path: Path | str, data: bytes, offset: int) -> str:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    line = data.count(b"\n", 0, offset) + 1
+    column = len(data[line_start:offset].decode("utf-8", errors="replace")) + 1
+    return (
+        f"task {task}: {path}: line {line}: byte 0x{data[offset]:02x} at character {column} is not UTF-8 "
+        "text; the file is probably in another encoding (such as Latin-1 or Windows-1252): save it as UTF-8"
+    )
+
+
 def read_json_records_with_lines(path: Path, task: str) -> tuple[list[dict[str, Any]], list[int] | None]:
     """Records and, for JSON Lines, the 1-based line number of each (None for a JSON array)."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8_text(path, task)
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -108,10 +138,16 @@ def load_file(path: Path, task: str, split: str) -> tuple[datasets.Dataset, Orig
                 _mixed_type_message(task, origin, records) or f"task {task}: {path}: {err}"
             ) from err
     elif suffix in ("csv", "parquet"):
+        if suffix == "csv":
+            # pandas would read a byte-order mark into the first column's name, and report other
+            # encodings by byte offset: check the text first (the file is read once more, cheaply).
+            read_utf8_text(path, task)
         try:
             ds = datasets.load_dataset(suffix, data_files={split: str(path)}, split=split)
         except Exception as err:  # the builders raise many types; the file name is what matters
             raise TaskDataError(f"task {task}: {path}: could not read {suffix.upper()} file: {err}") from err
+        if ds.column_names and ds.column_names[0].startswith("\ufeff"):
+            ds = ds.rename_column(ds.column_names[0], ds.column_names[0].lstrip("\ufeff"))
         ds = ds if len(ds) else None
     else:
         raise TaskDataError(

@@ -300,3 +300,90 @@ def test_estimate_reports_its_own_time(recipe: Path) -> None:
     assert took.startswith("  took ") and " s on the meta device (no weights or data loaded), after " in took
     assert took.endswith(" s importing torch, transformers and peft")
     assert float(took.split()[1]) < 5  # the estimate itself, without the imports
+
+
+# ---------------------------------------------------------------- 18: data files in other encodings
+
+
+@pytest.fixture(scope="module")
+def cola_rows(shared_data: Path) -> list[dict]:
+    import json
+
+    source = shared_data / "glue" / "cola" / "train.jsonl"
+    if not source.is_file():
+        pytest.skip(f"CoLA data not found at {source}")
+    with source.open(encoding="utf-8") as handle:
+        return [json.loads(next(handle)) for _ in range(24)]
+
+
+def _train_on(bert6: Path, train: Path, validation: Path, out: Path):
+    return invoke(
+        "train",
+        "--config",
+        str(
+            write_yaml(
+                out.parent / f"{out.name}.yaml", {**TINY_RECIPE, "model": {"name_or_path": str(bert6)}}
+            )
+        ),
+        "task.name=glue/cola",
+        "task.max_length=32",
+        f"data.files.train={train}",
+        f"data.files.validation={validation}",
+        "training.max_steps=1",
+        "training.per_device_train_batch_size=8",
+        "output.progress=none",
+        "--output-dir",
+        str(out),
+    )
+
+
+def test_data_not_in_utf8_names_the_file_and_line(bert6: Path, cola_rows: list[dict], tmp_path: Path) -> None:
+    import json
+
+    lines = [json.dumps(r).encode() for r in cola_rows]
+    lines[4] = lines[4].replace(b'"sentence": "', b'"sentence": "caf\xe9 ', 1)  # Latin-1 e-acute on line 5
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(b"\n".join(lines) + b"\n")
+    validation = tmp_path / "validation.jsonl"
+    validation.write_bytes(b"\n".join(lines[:8]) + b"\n")
+    result = _train_on(bert6, train, validation, tmp_path / "run")
+    assert result.exit_code == 1
+    assert result.stderr.endswith(
+        f"error: training failed: task glue/cola: {train}: line 5: byte 0xe9 at character 18 is not UTF-8 "
+        "text; the file is probably in another encoding (such as Latin-1 or Windows-1252): save it as UTF-8\n"
+    )
+    assert "Traceback" not in result.output and "position" not in result.stderr
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_utf8_byte_order_mark_is_accepted(
+    bert6: Path, cola_rows: list[dict], tmp_path: Path, suffix: str
+) -> None:
+    import csv
+    import json
+
+    train = tmp_path / f"train.{suffix}"
+    if suffix == "jsonl":
+        train.write_bytes(b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in cola_rows).encode() + b"\n")
+    else:  # what Excel's "CSV UTF-8" writes
+        with train.open("w", encoding="utf-8-sig", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["sentence", "label", "idx"])
+            writer.writeheader()
+            writer.writerows(cola_rows)
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("\n".join(json.dumps(r) for r in cola_rows[:8]) + "\n", encoding="utf-8")
+    result = _train_on(bert6, train, validation, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+
+
+def test_utf16_data_is_named(bert6: Path, cola_rows: list[dict], tmp_path: Path) -> None:
+    import json
+
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in cola_rows) + "\n", encoding="utf-16")
+    result = _train_on(bert6, train, train, tmp_path / "run")
+    assert result.exit_code == 1
+    assert result.stderr.endswith(
+        f"error: training failed: task glue/cola: {train}: the file is UTF-16 text (it starts with a UTF-16 "
+        "byte-order mark); save it as UTF-8\n"
+    )
