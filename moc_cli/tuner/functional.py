@@ -239,13 +239,15 @@ def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segmen
     """Groups of columns of `idx` computed together, each with its expert segments (None: the
     all-rows projection).
 
-    Narrow pools, GPUs (`PER_EXPERT_DEVICE_TYPES`), and inputs whose values may not be read, are
-    one all-rows group. Wide pools on the CPU give
+    Narrow pools, GPUs (`PER_EXPERT_DEVICE_TYPES`), no tokens, and inputs whose values may not be
+    read, are one all-rows group. Wide pools on the CPU give
     each column where every token uses one expert (the local control) a group of its own, a plain
     matmul, and sort the routed columns together by expert.
     """
-    m = idx.shape[1]
-    if e * r < GROUPED_MIN_WIDTH or idx.device.type not in PER_EXPERT_DEVICE_TYPES or not _may_read_values(idx):
+    n, m = idx.shape
+    per_expert = e * r >= GROUPED_MIN_WIDTH and idx.device.type in PER_EXPERT_DEVICE_TYPES
+    # no tokens (an empty batch or shard): nothing to sort, and the all-rows path handles N = 0
+    if not per_expert or n == 0 or not _may_read_values(idx):
         return [(list(range(m)), None)]
     fixed = _fixed_experts(idx)
     layouts = [

@@ -56,3 +56,18 @@ def test_devices_outside_the_per_expert_list_project_all_rows_at_once(monkeypatc
     assert [(cols, seg) for cols, seg in functional._layouts(idx, e, r)] == [([0, 1], None)]
     # float32 sums in another order: within 1e-5 relative
     torch.testing.assert_close(functional.sparse_mixture(u, a, bt, idx, coef, 2.0), per_expert, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("experts", [6, 30])  # all rows at once; per expert on the CPU (E*r >= 160)
+def test_no_tokens_give_an_empty_output_and_zero_gradients(experts: int) -> None:
+    r, d = 16, 32
+    u = torch.randn(0, d, requires_grad=True)
+    a = torch.randn(experts, r, d, requires_grad=True)
+    bt = torch.randn(experts, r, d, requires_grad=True)
+    coef = torch.rand(0, 2, requires_grad=True)
+    idx = torch.zeros(0, 2, dtype=torch.long)
+    out = functional.sparse_mixture(u, a, bt, idx, coef, 1.5)
+    assert out.shape == (0, d)
+    out.sum().backward()
+    assert torch.equal(a.grad, torch.zeros_like(a)) and torch.equal(bt.grad, torch.zeros_like(bt))
+    assert u.grad.shape == (0, d) and coef.grad.shape == (0, 2)
