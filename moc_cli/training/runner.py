@@ -513,6 +513,11 @@ def _train(
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
+    if task.kind != "causal_lm":
+        # Trainer passes `num_items_in_batch` to any model whose forward takes **kwargs and then does
+        # not divide the loss by the accumulation steps; classification heads ignore it and return a
+        # per-batch mean, so their loss (and gradient) would grow with gradient accumulation.
+        trainer.model_accepts_loss_kwargs = False
     if not show_bar:
         # PrinterCallback dumps raw dicts; plain progress lines replace it (or nothing for progress=none).
         trainer.remove_callback(PrinterCallback)

@@ -262,3 +262,33 @@ def test_resume_refuses_frozen_changes_and_applies_cadence(reference_run: dict) 
     assert "max_steps" not in str(info.value)
     longer = {**saved, "training": {**saved["training"], "max_steps": 9}}
     assert check_resume_config(run, longer) == ["training.max_steps: 8 -> 9"]
+
+
+@pytest.mark.parametrize("method", ["lora", "moc"])
+def test_classification_loss_does_not_grow_with_gradient_accumulation(
+    make_config, tmp_path: Path, method: str
+) -> None:
+    """One step of 8 examples logs the same loss as two accumulated micro-batches of 4 (the mean of
+    equal-sized micro-batch means is the batch mean); it logged about twice as much before."""
+    short = (
+        f"method.name={method}",
+        "training.max_steps=1",
+        "training.logging_steps=1",
+        'training.eval_strategy="no"',
+        'training.save_strategy="no"',
+    )
+    whole = run_training(make_config(*short, output=tmp_path / "whole"), {}, None)
+    split = run_training(
+        make_config(
+            *short,
+            "training.per_device_train_batch_size=4",
+            "training.gradient_accumulation_steps=2",
+            output=tmp_path / "split",
+        ),
+        {},
+        None,
+    )
+    (step, loss_whole), = losses(whole)
+    (_, loss_split), = losses(split)
+    assert step == 1
+    assert loss_split == pytest.approx(loss_whole, rel=0.02)
