@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,24 @@ import typer
 from typer.exceptions import TyperException
 
 from moc_cli.config import ConfigError, ConfigIssue, RunConfig, load_run_config
+
+
+def quiet_library_noise() -> None:
+    """Silence what libraries print on every command although nothing is wrong.
+
+    - peft reads transformers' deprecated `is_gradient_checkpointing` in every PeftModel: a
+      FutureWarning addressed to peft's authors, not to the user.
+    - Per-file progress bars of huggingface_hub and transformers ("Loading weights") only make
+      sense on a terminal; in a log file they are noise (read when those libraries are imported).
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+quiet_library_noise()
 
 # Exit codes (docs: cli-conventions.md)
 EXIT_OK = 0
@@ -50,7 +69,8 @@ def fail_config(error: ConfigError) -> typer.Exit:
 
 @contextlib.contextmanager
 def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
-    """Map failures to exit codes: config 2, Ctrl-C 130, anything else 1 with a one-line message."""
+    """Map failures to exit codes: config 2, Ctrl-C 130, export errors their own code, anything else 1
+    with a one-line message."""
     try:
         yield
     except (typer.Exit, typer.Abort, TyperException):
@@ -66,6 +86,10 @@ def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
         if verbose_enabled():
             traceback.print_exc(file=sys.stderr)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        code = _own_exit_code(exc)
+        if code is not None:
+            err(f"error: {str(exc).strip()}")
+            raise typer.Exit(code) from None
         if _speaks_for_itself(exc):
             # The message already names the file, line and fix: no class name, no traceback hint.
             err(f"error: {action} failed: {text}")
@@ -75,12 +99,18 @@ def cli_errors(action: str, interrupt_hint: str = "") -> Iterator[None]:
         raise typer.Exit(EXIT_RUNTIME) from None
 
 
+def _own_exit_code(exc: BaseException) -> int | None:
+    """The exit code an export or prediction error carries (2: bad input; 1: a damaged file)."""
+    from moc_cli.export.errors import ExportError
+
+    return exc.exit_code if isinstance(exc, ExportError) else None
+
+
 def _speaks_for_itself(exc: BaseException) -> bool:
     """Errors written for the user (bad data files, damaged exports), not programming errors."""
-    from moc_cli.export.errors import ExportError
     from moc_cli.tasks.base import TaskDataError, TaskOptionError
 
-    return isinstance(exc, (TaskDataError, TaskOptionError, ExportError))
+    return isinstance(exc, (TaskDataError, TaskOptionError))
 
 
 def check_override_syntax(overrides: list[str]) -> None:

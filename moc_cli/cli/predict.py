@@ -25,7 +25,9 @@ def predict(
         Path | None,
         typer.Option(
             "--file",
-            help="JSONL inputs: field `text`, or `sentence1`/`sentence2` pairs.",
+            help="JSON Lines file, one object per input: a `text` field, the task's own text fields "
+            "(e.g. `sentence` for CoLA, so its data files work as they are), or `sentence1` and "
+            "`sentence2` for pairs.",
             show_default=False,
         ),
     ] = None,
@@ -46,7 +48,8 @@ def predict(
         typer.Option("--allow-pickle", help="Accept a run's pickle weight files (*.bin, *.pt); unsafe."),
     ] = False,
 ) -> None:
-    """Predict labels (classification) or continuations (causal LM); one JSON line per input on stdout.
+    """Predict labels (classification) or continuations (causal LM): one JSON line per input on
+    stdout, the input first (`"input"`), then the prediction.
 
     Examples:
 
@@ -57,12 +60,14 @@ def predict(
     import json
     import sys
 
-    from moc_cli.export.errors import ExportError
+    from moc_cli.cli.common import cli_errors
     from moc_cli.export.predict import predict as run_predict
-    from moc_cli.export.predict import read_inputs
+    from moc_cli.export.predict import read_inputs, task_text_fields
 
-    try:
-        inputs = read_inputs(texts or [], file)
+    # Export errors keep their exit code (2: bad input, 1: damaged file); anything else is one line.
+    with cli_errors("prediction"):
+        # Inputs are read (and checked) before anything loads: a typo fails at once.
+        inputs = read_inputs(texts or [], file, task_text_fields(model_dir))
         progress = file is not None and sys.stderr.isatty()
         results = run_predict(
             model_dir,
@@ -73,8 +78,6 @@ def predict(
             progress=progress,
             allow_pickle=allow_pickle,
         )
-    except ExportError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=err.exit_code) from None
-    for row in results:
-        typer.echo(json.dumps(row, ensure_ascii=False))
+    for item, row in zip(inputs, results, strict=True):
+        # The input beside its prediction, so that a file of results can be read on its own.
+        typer.echo(json.dumps({"input": item, **row}, ensure_ascii=False))

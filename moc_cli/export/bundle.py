@@ -37,6 +37,68 @@ def write_bundle(
     tokenizer.save_pretrained(str(folder))
 
 
+# ---------------------------------------------------------------- damaged files
+
+# A damaged file is not a usage error: exit code 1, with the file named and how to get a good copy.
+DAMAGED_EXIT_CODE = 1
+_REEXPORT = "re-create the export with `moc merge-export RUN_DIR --force`"
+_RETRAIN = "restore the file from a checkpoint (checkpoints/checkpoint-N holds the same files) or train again"
+
+
+def damaged(file: Path, reason: str, fix: str) -> ExportError:
+    """One line naming the damaged file, what is wrong with it and how to get a good copy."""
+    return ExportError(f"{file}: damaged or incomplete ({reason}); {fix}", exit_code=DAMAGED_EXIT_CODE)
+
+
+def _read_json(file: Path, fix: str) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise damaged(file, f"not valid JSON: {err}", fix) from None
+
+
+def _check_safetensors(file: Path, fix: str) -> None:
+    from moc_cli.reliability.checkpoints import safetensors_header
+
+    try:
+        safetensors_header(file)
+    except (OSError, ValueError) as err:
+        reason = str(err).removeprefix(f"{file.name}: ")
+        raise damaged(file, reason, fix) from None
+
+
+def check_export_files(path: Path) -> None:
+    """Raise ExportError naming the first damaged file of an export (JSON or safetensors)."""
+    from moc_cli.export.weights import INDEX_FILE, SINGLE_FILE
+
+    for name in (MANIFEST, "config.json", "tokenizer.json", "tokenizer_config.json", INDEX_FILE):
+        if (path / name).is_file():
+            _read_json(path / name, _REEXPORT)
+    if (path / INDEX_FILE).is_file():
+        index = _read_json(path / INDEX_FILE, _REEXPORT)
+        shards = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
+    else:
+        shards = [SINGLE_FILE] if (path / SINGLE_FILE).is_file() else []
+    for shard in shards:
+        if not (path / shard).is_file():
+            raise damaged(path / shard, "missing", _REEXPORT)
+        _check_safetensors(path / shard, _REEXPORT)
+
+
+def check_adapter_files(adapter_dir: Path) -> None:
+    """Raise ExportError naming a damaged adapter_config.json or adapter_model.safetensors.
+
+    Loaders call this before peft reads the adapter, whose own errors are tracebacks that do not
+    name the file.
+    """
+    config = adapter_dir / "adapter_config.json"
+    if config.is_file():
+        _read_json(config, _RETRAIN)
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        _check_safetensors(weights, _RETRAIN)
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The export's manifest (written last, so its presence marks a complete export)."""
     manifest = path / MANIFEST
@@ -44,11 +106,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise ExportError(
             f"{path} has no {MANIFEST}, so it is not a moc_cli export; create one with `moc merge-export RUN_DIR`"
         )
-    return json.loads(manifest.read_text())
+    data = _read_json(manifest, _REEXPORT)
+    if not isinstance(data, dict):
+        raise damaged(manifest, "not a JSON object", _REEXPORT)
+    return data
 
 
 def _bundle_meta(path: Path) -> dict[str, Any]:
-    meta = json.loads((path / "config.json").read_text()).get(EXPORT_KEY)
+    meta = _read_json(path / "config.json", _REEXPORT).get(EXPORT_KEY)
     if not isinstance(meta, dict):
         raise ExportError(f"{path / 'config.json'} lacks its {EXPORT_KEY!r} entry; re-export with --force")
     return meta
@@ -110,6 +175,7 @@ def load_exported(path: str | Path) -> nn.Module:
     """Load a `bundle` (controls in place, no peft wrapper) or `merged` export as an eval-mode module."""
     path = Path(path).expanduser()
     meta = read_manifest(path)
+    check_export_files(path)  # a damaged file is named here, not by a traceback from safetensors
     fmt = meta.get("format")
     if fmt == "bundle":
         return load_bundle(path)

@@ -15,40 +15,101 @@ if TYPE_CHECKING:
 Input = str | dict[str, str]
 
 
-def read_inputs(texts: list[str], file: Path | None) -> list[Input]:
-    """Texts from the command line, then records of a JSONL file (`text`, or `sentence1`/`sentence2`)."""
-    inputs: list[Input] = list(texts)
+PAIR_FIELDS = ("sentence1", "sentence2")
+
+
+def read_inputs(texts: list[str], file: Path | None, fields: tuple[str, ...] = ()) -> list[Input]:
+    """Texts from the command line, then the records of a JSON Lines file.
+
+    A record is `{"text": ...}`, the task's own text fields (`fields`, e.g. `sentence` for CoLA,
+    `question1`/`question2` for QQP: the files a run trained on work as they are), `{"sentence": ...}`
+    or a `sentence1`/`sentence2` pair. Empty or blank texts are errors, not silent predictions.
+    """
+    inputs: list[Input] = []
+    for number, text in enumerate(texts, start=1):
+        inputs.append(_check_record(text, f"TEXT argument {number}", fields))
     if file is not None:
         if not file.is_file():
             raise ExportError(f"--file {file} does not exist")
-        with file.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ExportError(f"{file} line {number} is not valid JSON ({err})") from None
-                inputs.append(_check_record(record, f"{file} line {number}"))
+        from moc_cli.tasks.io import read_utf8_text
+
+        try:
+            content = read_utf8_text(file, "predict")
+        except ValueError as err:  # TaskDataError: names the line of the first bytes that are not UTF-8
+            raise ExportError(str(err).removeprefix("task predict: ")) from None
+        for number, line in enumerate(content.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ExportError(f"{file} line {number} is not valid JSON ({err})") from None
+            inputs.append(_check_record(record, f"{file} line {number}", fields))
     if not inputs:
         raise ExportError("no inputs: pass texts as arguments or --file inputs.jsonl")
     return inputs
 
 
-def _check_record(record: Any, where: str) -> Input:
+def _nonblank(value: str, where: str, field: str | None) -> str:
+    if not value.strip():
+        what = f"field {field!r}" if field else "the text"
+        raise ExportError(f"{where}: {what} is empty; give the text to predict on")
+    return value
+
+
+def _check_record(record: Any, where: str, fields: tuple[str, ...] = ()) -> Input:
     if isinstance(record, str):
-        return record
+        return _nonblank(record, where, None)
     if isinstance(record, dict):
         if isinstance(record.get("text"), str):
-            return {"text": record["text"]}
-        if isinstance(record.get("sentence1"), str):
-            pair = {"sentence1": record["sentence1"]}
-            if record.get("sentence2") is not None:
-                pair["sentence2"] = str(record["sentence2"])
+            return {"text": _nonblank(record["text"], where, "text")}
+        names = fields if 1 <= len(fields) <= 2 and isinstance(record.get(fields[0]), str) else None
+        if names is None and isinstance(record.get("sentence"), str):
+            names = ("sentence",)
+        if names is None and isinstance(record.get("sentence1"), str):
+            names = PAIR_FIELDS
+        if names is not None:
+            first = _nonblank(record[names[0]], where, names[0])
+            if len(names) == 1:
+                return first
+            second = record.get(names[1])
+            pair = {"sentence1": first}
+            if second is not None:
+                pair["sentence2"] = _nonblank(str(second), where, names[1])
             return pair
-    raise ExportError(
-        f"{where}: expected an object with field 'text' or 'sentence1' (and optional 'sentence2')"
-    )
+    accepted = ["'text'"]
+    if fields and len(fields) <= 2 and fields[0] not in ("text", "sentence", "sentence1"):
+        accepted.append(" and ".join(f"'{f}'" for f in fields) + " (the task's own fields)")
+    accepted += ["'sentence'", "'sentence1' (and optional 'sentence2')"]
+    raise ExportError(f"{where}: expected an object with field {' or '.join(accepted)}")
+
+
+def task_text_fields(model_dir: str | Path) -> tuple[str, ...]:
+    """The text fields of the task an export or run was trained on (empty when it cannot be told).
+
+    Reads the manifest or the run's config only: nothing is loaded.
+    """
+    path = Path(model_dir).expanduser()
+    name: str | None = None
+    try:
+        if (path / MANIFEST).is_file():
+            from moc_cli.export.bundle import read_manifest
+
+            name = (read_manifest(path).get("task") or {}).get("name")
+        else:
+            from moc_cli.export.source import resolve_source
+
+            name = resolve_source(path).task_name
+    except ExportError:
+        return ()
+    if not name:
+        return ()
+    try:
+        from moc_cli.tasks.registry import get_task
+
+        return tuple(getattr(get_task(name), "text_columns", ()) or ())
+    except (KeyError, ValueError, ImportError):
+        return ()
 
 
 class Predictor:
@@ -82,10 +143,12 @@ def load_predictor(model_dir: str | Path, allow_pickle: bool = False) -> Predict
         kind = (manifest.get("task") or {}).get("kind", "seq_cls")
         return Predictor(model, tokenizer, kind, manifest.get("max_length"))
     from moc_cli.export.build import load_peft_model
+    from moc_cli.export.bundle import check_adapter_files
     from moc_cli.export.source import resolve_source
 
     source = resolve_source(path)
     source.refuse_pickles(allow_pickle)
+    check_adapter_files(source.adapter_dir)
     peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle)
     max_length = (source.run_config.get("task") or {}).get("max_length")
     return Predictor(peft_model, tokenizer, info.kind, max_length)

@@ -93,7 +93,11 @@ def test_predict_input_errors(tmp_path: Path, moc_bundle, cli) -> None:
     bad.write_text('{"text": "ok"}\n{"review": "no text field"}\n')
     result = cli("predict", bundle, "--file", bad)
     assert result.exit_code == 2
-    assert f"{bad} line 2: expected an object with field 'text' or 'sentence1'" in result.stderr
+    # `sentence` is accepted too now (the field of CoLA's and SST-2's own data files).
+    assert (
+        f"{bad} line 2: expected an object with field 'text' or 'sentence' or 'sentence1' (and optional "
+        "'sentence2')" in result.stderr
+    )
 
 
 def test_predict_on_merged_lora_export(tmp_path: Path, tiny_bert_dir: Path) -> None:
@@ -165,7 +169,8 @@ def test_predict_generation_matches_greedy_peft_generate(
             pad_token_id=run.tokenizer.pad_token_id,
         )
     expected = run.tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert json.loads(result.stdout) == {"generated_text": expected}
+    # The input is echoed beside its prediction.
+    assert json.loads(result.stdout) == {"input": "hello there", "generated_text": expected}
     below = cli("predict", bundle, "hello there", "--repetition-penalty", "0.5")
     assert below.exit_code == 2
     assert (
