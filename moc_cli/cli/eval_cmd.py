@@ -10,6 +10,10 @@ import typer
 
 from moc_cli.cli.common import check_override_syntax, cli_errors
 
+# Imported with the CLI (it loads only the config schema): `eval_target` checks a folder before the
+# heavy `run_eval` is imported.
+from moc_cli.training import evaluation
+
 EPILOG = """\
 Examples:
 
@@ -77,10 +81,12 @@ def eval_(
     items = list(overrides or [])
     check_override_syntax(items)
     with cli_errors("evaluation"):
+        # Before torch and the model load: a folder that is not a run fails in well under a second.
+        split_name = evaluation.eval_target(path, split, items)
         from moc_cli.training import run_eval
 
         metrics = run_eval(path, split, items)
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     else:
-        print_metrics_table(metrics, f"{path}  split: {split or 'default'}")
+        print_metrics_table(metrics, f"{path}  split: {split_name}")

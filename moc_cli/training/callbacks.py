@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 
 
 def event_kind(logs: dict[str, Any]) -> str:
@@ -29,14 +30,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# A run should report its training loss about this many times, however short it is.
+MIN_LOG_EVENTS = 10
+
+
+def log_interval(max_steps: int, logging_steps: int | float | None) -> int | None:
+    """Steps between the extra log events a short run needs; None when `logging_steps` is enough.
+
+    Trainer logs every `logging_steps`: a run shorter than twice that would print (and plot) its
+    training loss once or never. Such a run logs every max_steps / MIN_LOG_EVENTS steps instead.
+    """
+    if max_steps <= 0:
+        return None
+    if logging_steps and max_steps >= 2 * logging_steps:
+        return None
+    return max(1, math.ceil(max_steps / MIN_LOG_EVENTS))
+
+
+def force_sensible_logging(state: TrainerState, control: TrainerControl) -> None:
+    """Ask Trainer to log at the extra steps of a short run, and always at the last step.
+
+    Depends on the step only, so every process of a multi-process run agrees (logging gathers the
+    loss across processes).
+    """
+    step = state.global_step
+    interval = log_interval(state.max_steps, getattr(state, "logging_steps", None))
+    if step == state.max_steps or (interval is not None and step % interval == 0):
+        control.should_log = True
+
+
 class MetricsJsonlCallback(TrainerCallback):
-    """Appends one JSON line per log/eval event to `logs/metrics.jsonl` (flushed, so it survives a crash)."""
+    """Appends one JSON line per log/eval event to `logs/metrics.jsonl` (flushed, so it survives a crash).
+
+    It also sets the logging cadence (`force_sensible_logging`): every run, however short, logs its
+    training loss several times and at its last step, for the progress lines and the loss curve.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         # Set to "final_eval" by the runner for the evaluations after training, which Trainer
         # logs like periodic ones.
         self.eval_kind = "eval"
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        force_sensible_logging(state, control)
 
     def on_log(
         self,
@@ -152,15 +191,65 @@ class RoutingStatsCallback(TrainerCallback):
 
 
 def should_show_bar(progress: Any, stream: TextIO | None = None) -> bool:
-    """Whether to show tqdm bars: forced by `output.progress`, else only when stderr is a terminal."""
+    """Whether to show tqdm bars: forced by `output.progress`, else only on a terminal.
+
+    By default both stderr (the bar) and stdout must be terminals: in bar mode Trainer writes its
+    log events to stdout, so `moc train > train.log` gets plain progress lines instead. A given
+    `stream` is the only one asked.
+    """
     if isinstance(progress, bool):
         return progress
     if isinstance(progress, str) and progress.lower() in ("bar", "tqdm", "true", "on"):
         return True
     if isinstance(progress, str) and progress.lower() in ("lines", "plain", "false", "off", "none"):
         return False
-    stream = stream if stream is not None else sys.stderr
-    return bool(getattr(stream, "isatty", lambda: False)())
+    streams = [stream] if stream is not None else [sys.stderr, sys.stdout]
+    return all(bool(getattr(s, "isatty", lambda: False)()) for s in streams)
+
+
+def format_train_line(state: TrainerState, logs: dict[str, Any], rate: float | None = None) -> str:
+    """`step 5/10 | loss 0.6931 | lr 2.50e-04 | 12.3 samples/s`: one training log event in words."""
+    parts = [f"step {state.global_step}/{state.max_steps}"]
+    if isinstance(logs.get("loss"), (int, float)):
+        parts.append(f"loss {logs['loss']:.4f}")
+    if isinstance(logs.get("learning_rate"), (int, float)):
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    if rate is not None:
+        parts.append(f"{rate:.1f} samples/s")
+    return " | ".join(parts)
+
+
+def format_eval_line(state: TrainerState, logs: dict[str, Any]) -> str:
+    """`eval step 4: eval_loss=0.6899 eval_accuracy=0.5000` (timings left out)."""
+    shown = {
+        k: v for k, v in logs.items() if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
+    }
+    text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    return f"eval step {state.global_step}: {text}"
+
+
+class BarProgressCallback(ProgressCallback):
+    """Trainer's tqdm bars, with log events written as plain lines above the bar.
+
+    transformers' ProgressCallback writes each event as a Python dict with the numbers quoted
+    (`{'loss': '0.6931', ...}`); the runner uses this class in its place when bars are shown.
+    """
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not logs or not state.is_world_process_zero or self.training_bar is None:
+            return
+        kind = event_kind(logs)
+        if kind == "train":
+            self.training_bar.write(format_train_line(state, logs))
+        elif kind == "eval":
+            self.training_bar.write(format_eval_line(state, logs))
 
 
 class ProgressLinesCallback(TrainerCallback):
@@ -213,21 +302,9 @@ class ProgressLinesCallback(TrainerCallback):
             samples = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
             rate = samples / elapsed if elapsed > 0 else float("nan")
             self._last_time, self._last_step = now, state.global_step
-            parts = [f"step {state.global_step}/{state.max_steps}"]
-            if "loss" in logs:
-                parts.append(f"loss {logs['loss']:.4f}")
-            if "learning_rate" in logs:
-                parts.append(f"lr {logs['learning_rate']:.2e}")
-            parts.append(f"{rate:.1f} samples/s")
-            self._write(" | ".join(parts))
+            self._write(format_train_line(state, logs, rate))
         elif kind == "eval":
-            shown = {
-                k: v
-                for k, v in logs.items()
-                if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))
-            }
-            text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-            self._write(f"eval step {state.global_step}: {text}")
+            self._write(format_eval_line(state, logs))
 
 
 def any_rank_requested(flag: bool, device: Any) -> bool:

@@ -40,6 +40,24 @@ def locate(path: Path) -> tuple[Path, Path | None, Path]:
     )
 
 
+def eval_target(path: Path, split: str | None, overrides: list[str]) -> str:
+    """The split `run_eval` scores, after checking that `path` is a run or adapter folder.
+
+    Reads config.yaml and the task registry only (no torch, no model, no data), so a folder that
+    is not a run is reported at once instead of after the libraries have loaded.
+    """
+    adapter, config_path, _ = locate(Path(path))
+    cfg = _load_config(config_path, adapter, list(overrides or []))
+    if split:
+        return split
+    from moc_cli.tasks.registry import get_task
+
+    splits = list(get_task(cfg.task.name).eval_splits or [])
+    if not splits:
+        raise RunSetupError(f"task {cfg.task.name} has no evaluation split; pass --split NAME", "--split")
+    return splits[0]
+
+
 def _load_config(config_path: Path | None, adapter: Path, overrides: list[str]) -> Any:
     from moc_cli.config import load_run_config
 

@@ -27,6 +27,11 @@ def _format(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _source_expression(name: str) -> str:
+    """Python for the base model's location: a pkg:// URI resolves on the reader's machine."""
+    return f'resolve_model_source("{name}")' if name.startswith("pkg://") else f'"{name}"'
+
+
 def render_model_card(
     *,
     base_model: str,
@@ -41,21 +46,26 @@ def render_model_card(
     versions: dict[str, str | None],
     auto_class: str,
 ) -> str:
-    """Markdown with YAML front matter (`library_name: peft`, base model, tags) for the adapter folder."""
+    """Markdown with YAML front matter (`library_name: peft`, base model, tags) for the adapter folder.
+
+    The base model is recorded as the user named it (`base_model_name`: a Hub id, a `pkg://` URI or
+    a path), not as the folder it resolved to (`base_model`), which for packaged models lies inside
+    one machine's virtualenv.
+    """
+    given = base_model_name or base_model
     tags = (
         (["peft"] if method != "full" else [])
         + ["moc_cli", method]
         + (["moc", "mixture-of-control"] if method in ("moc", "control") else [])
     )
     library = "transformers" if method == "full" else "peft"
-    front = ["---", f"library_name: {library}", f"base_model: {base_model}", "tags:"]
+    front = ["---", f"library_name: {library}", f"base_model: {given}", "tags:"]
     front += [f"  - {tag}" for tag in dict.fromkeys(tags)]
     front.append("---")
 
     lines = [*front, "", f"# {task} adapter: {_METHOD_TITLES.get(method, method)}", ""]
     lines += [
-        f"- **Base model:** `{base_model_name or base_model}`"
-        + (f" (loaded from `{base_model}`)" if base_model_name and base_model_name != base_model else ""),
+        f"- **Base model:** `{given}`",
         f"- **Method:** `{method}`",
         f"- **Recipe:** `{recipe or 'custom config'}`",
         f"- **Task:** `{task}`",
@@ -91,8 +101,9 @@ def render_model_card(
             "import moc_cli  # registers the MoC tuner with peft",
             "from peft import PeftModel",
             f"from transformers import {auto_class}",
+            *(["from moc_cli.assets import resolve_model_source"] if given.startswith("pkg://") else []),
             "",
-            f'base = {auto_class}.from_pretrained("{base_model}")',
+            f"base = {auto_class}.from_pretrained({_source_expression(given)})",
             'model = PeftModel.from_pretrained(base, "path/to/this/adapter")',
             "```",
         ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import invoke
+from cli_helpers import invoke, make_run_folder
 
 from moc_cli.cli.app import OPTIONAL_COMMANDS, app
 from moc_cli.config import RunConfig
@@ -258,8 +258,8 @@ def test_dry_run_imports_nothing_heavy(tmp_path: Path) -> None:
 
 
 def test_eval_prints_a_metrics_table(runner, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    # A run folder: `moc eval` refuses other folders before anything loads.
+    run_dir = make_run_folder(tmp_path / "run")
     result = invoke("eval", str(run_dir), "--split", "test", "data.max_test_samples=20")
     assert result.exit_code == 0, result.output
     assert runner.calls == [("eval", (run_dir, "test", ["data.max_test_samples=20"]))]
@@ -270,6 +270,7 @@ def test_eval_prints_a_metrics_table(runner, tmp_path: Path) -> None:
 
 
 def test_eval_json_and_nested_results(runner, tmp_path: Path) -> None:
+    make_run_folder(tmp_path)
     runner.metrics = {"validation": {"accuracy": 0.5}, "test": {"accuracy": 0.25}}
     result = invoke("eval", str(tmp_path), "--json")
     assert result.exit_code == 0
@@ -286,6 +287,7 @@ def test_eval_errors(runner, tmp_path: Path) -> None:
     assert malformed.exit_code == 2
     assert "split: override must look like key.path=value" in malformed.stderr
     assert runner.calls == []
+    make_run_folder(tmp_path)
     runner.raise_exc = FileNotFoundError("no adapter_config.json in run/adapter")
     failed = invoke("eval", str(tmp_path))
     assert failed.exit_code == 1
