@@ -18,7 +18,7 @@ Choices recorded here (see docs/moc-method.md, marked [choice] there):
   routing over them gives 1, as uniform routing over all E does without the option.
 - `expert_compute="auto"`: the sparse autograd function whenever gradients are recorded (it
   stores about E + 2r numbers per token instead of 2*E*r). Under `torch.no_grad()` / inference,
-  where nothing is stored, whichever is faster: sparse for wide pools (E*r >= 256) with at least 4
+  where nothing is stored, whichever is faster: sparse for wide pools (E*r >= 160) with at least 4
   tokens per expert on CPU, else the plain dense formulation (narrow pools, decoding, GPUs).
   `benchmarks/results/kernels.md` has the timings of both per pool shape (the sparse function
   also picks, by pool width, between one all-rows projection and per-expert segments; see

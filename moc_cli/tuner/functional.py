@@ -68,13 +68,14 @@ PER_EXPERT_DEVICE_TYPES = ("cpu",)
 
 
 # Under no grad nothing is saved, so `expert_compute="auto"` takes whichever formulation is faster.
-# From `benchmarks/kernels.py` on CPU: per-expert segments take 0.4-0.6x the dense time for
-# SmolLM2's pools (E*r = 480) at 4x128 and 16x128 tokens, while dense wins for narrow pools (MiniLM
-# 96, BERT-base 192) and for decoding-sized inputs (a few tokens spread over 30 experts). On a GPU
+# From `benchmarks/kernels.py` on CPU (`kernels.md`): per-expert segments take 0.3-0.6x the dense
+# time for SmolLM2's pools (E*r = 480) at 4x128 and 16x128 tokens and 0.76x for BERT-base's (E*r =
+# 192, 16x128), while dense wins for MiniLM's narrow pool (96) and for decoding-sized inputs (a few
+# tokens spread over 30 experts), hence the same width as the per-expert rule above. On a GPU
 # (`benchmarks/results/kernels_cuda.md`, H200, bf16) dense took 0.5-0.8x the sparse function's time
 # at every measured shape, from decoding 8 sequences to 4096 tokens over 32 experts: "auto" runs
 # dense there.
-SPARSE_INFERENCE_MIN_WIDTH = 256
+SPARSE_INFERENCE_MIN_WIDTH = GROUPED_MIN_WIDTH
 SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT = 4
 
 
