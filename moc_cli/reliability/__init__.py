@@ -1,4 +1,4 @@
-"""Reliability pieces the training runner and the loaders call (issue 8).
+"""Reliability pieces the training runner and the loaders call.
 
 - `checkpoints`: checkpoint validation, atomic-completion markers, resume selection.
 - `nan_guard`: stop a run at the first non-finite loss, grad norm or trainable weight.
