@@ -118,3 +118,10 @@ def test_method_fields_are_peft_config_fields() -> None:
     for key, field in METHOD_MODELS["molex"].model_fields.items():
         if key != "name":
             assert field.get_default(call_default_factory=True) == molex_defaults[key], key
+
+
+def test_moc_layer_lists_match_the_architecture_map() -> None:
+    # Pre-flight names MoC's valid target_modules from this copy without importing torch.
+    from moc_cli.tuner.architectures import ARCHITECTURES
+
+    assert choices.MOC_LAYER_LISTS == {name: spec["layers"] for name, spec in ARCHITECTURES.items()}
