@@ -1356,13 +1356,21 @@ def run_accuracy_benchmark(
     else:
         phases = [plan_cells(grids, load_finished(store), ctx, store, tasks, methods, seeds)]
 
+    from moc_cli.bench.report import write_accuracy_report
+
     for n, phase in enumerate(phases):
         if n == 1:  # main/ablations after this command's own sweep: rates from what it stored
             if deadline_at is not None and time.time() >= deadline_at:
                 log("deadline passed after the sweep: main/ablations cells not started")
                 break
             later = [g for g in grids if g != "sweep"]
-            phase = plan_cells(later, load_finished(store), ctx, store, tasks, methods, seeds)
+            try:
+                phase = plan_cells(later, load_finished(store), ctx, store, tasks, methods, seeds)
+            except AccuracyError:
+                # The sweep ran but is incomplete (failed cells): its cells still get a report.
+                if not dry_run:
+                    write_accuracy_report(list(load_finished(store).values()), output_dir)
+                raise
         _run_phase(
             phase,
             settings,
@@ -1378,9 +1386,6 @@ def run_accuracy_benchmark(
         )
     if dry_run:
         return output_dir / REPORT_MD
-
-    from moc_cli.bench.report import write_accuracy_report
-
     return write_accuracy_report(list(load_finished(store).values()), output_dir)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -773,10 +774,13 @@ def accuracy_conclusion(study: AccuracyStudy) -> str:
             v: [r["task"] for r in rows if r["task"] != "average" and r["trained"] and r["diff"].verdict == v]
             for v in ("ahead", "behind", "tied")
         }
+        reading = {
+            "ahead": "MoC is ahead of it",
+            "behind": "MoC is behind it",
+            "tied": "the two are tied (the interval includes zero)",
+        }.get(average.verdict, "there is no interval yet")
         parts.append(
-            f"Averaged over the trained tasks, MoC minus {other} is {average.text()} points, so MoC is "
-            f"{average.verdict} of it"
-            + ("" if average.verdict != "tied" else " (the interval includes zero)")
+            f"Averaged over the trained tasks, MoC minus {other} is {average.text()} points, so {reading}"
             + f"; per task it is ahead on {_names(by['ahead'])}, behind on {_names(by['behind'])} and tied on "
             f"{_names(by['tied'])}."
         )
@@ -814,10 +818,12 @@ def accuracy_conclusion(study: AccuracyStudy) -> str:
             f"Among the ablations ({_names(ABLATION_TASKS)}), rows ahead of the default MoC beyond the interval: "
             f"{_names(winners)}; behind it: {_names(losers)}."
         )
+    layers = re.search(r"-L(\d+)-", study.ctx.model_tag)
+    pool = f", so {layers.group(1)} experts per pool" if layers else ""
     parts.append(
-        "Not shown: anything beyond this one 6-layer, 22 M-parameter encoder (so 6 experts per pool) at r = 16, "
-        "or the paper's RoBERTa, DeBERTa and LLaMA settings; rates were chosen on seed 0 of "
-        "CoLA, MRPC and RTE, whose seed-0 cells are also main-grid cells (every method gets that advantage)."
+        f"Not shown: anything beyond this one small encoder ({study.ctx.model_tag}{pool}) at r = 16, or the "
+        "paper's RoBERTa, DeBERTa and LLaMA settings; rates were chosen on seed 0 of CoLA, MRPC and RTE, "
+        "whose seed-0 cells are also main-grid cells (every method gets that advantage)."
     )
     return " ".join(parts)
 

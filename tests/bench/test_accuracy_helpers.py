@@ -43,9 +43,15 @@ def write_model_config(folder: Path) -> Path:
     return folder
 
 
-def record(label: str, task: str, seed: int, rate: float, value: float | None, majority: float = 0.5) -> dict:
-    """A stored cell of the CTX study, as run_queue writes it (only the fields the report reads)."""
+def record(
+    label: str, task: str, seed: int, rate: float, value: float | None, majority: float | None = None
+) -> dict:
+    """A stored cell of the CTX study, as run_queue writes it (only the fields the report reads).
+    The majority baseline defaults to the tiny task files' (0.75; Matthews 0 on CoLA)."""
     cell = _cell("main", task, label, seed, rate, CTX)
+    metric = "matthews_correlation" if task == "glue/cola" else "accuracy"
+    if majority is None:
+        majority = 0.0 if task == "glue/cola" else 0.75
     return {
         "key": cell.key,
         "grid": "main",
@@ -56,9 +62,9 @@ def record(label: str, task: str, seed: int, rate: float, value: float | None, m
         "precision": CTX.precision,
         "model_tag": CTX.model_tag,
         "max_steps": None,
-        "metric": "accuracy",
+        "metric": metric,
         "value": value,
-        "majority": {"metric": "accuracy", "value": majority, "class": "yes", "n": 4},
+        "majority": {"metric": metric, "value": majority, "class": "yes", "n": 4},
         "train_steps": 10,
         "wall_s": 60.0,
         "threads": 1,
@@ -123,3 +129,13 @@ def failing_runner(cell: Cell, settings: Settings) -> dict[str, Any]:
     if cell.label == "control":
         raise RuntimeError("boom")
     return fake_runner(cell, settings)
+
+
+def env_runner(cell: Cell, settings: Settings) -> dict[str, Any]:
+    """The fake score plus what the worker's environment set: threads and GPU visibility."""
+    return {
+        **fake_runner(cell, settings),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "pid": os.getpid(),
+    }
