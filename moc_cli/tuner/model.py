@@ -18,7 +18,13 @@ Structure (modelled on peft's Shadow / VB-LoRA tuners, not copied):
   a `return_dict=False` tuple when labels were given (by keyword or by position). Under
   transformers' Trainer `num_items_in_batch` regime the term is weighted by the micro-batch's share
   of the items (`_accumulation_share`), so lambda does not grow with gradient accumulation or the
-  process count. Layers recomputed by activation checkpointing during backward run outside that
+  process count. TRL's trainers call the model through a fused LM head (`fused_lm_head=True`) and
+  build their loss from the per-token `log_probs` it returns, not from `loss`: there the term is
+  also subtracted from the log-probability of every scored token (`label_mask`), so SFTTrainer's
+  token-summed NLL carries it with the same per-token weight as Trainer's loss. A preference
+  trainer compares those log-probabilities with a reference pass that has the adapter disabled,
+  where such a term has no place: that pass raises `PREFERENCE_ERROR` while a balance loss is
+  configured. Layers recomputed by activation checkpointing during backward run outside that
   context and record nothing. Reentrant checkpointing runs the first forward without grad, so the
   balance loss would carry no gradient to the router: a training forward that finds such routing
   decisions raises `REENTRANT_ERROR` (use `use_reentrant=False`, or `aux_loss_coef=0`).
@@ -56,6 +62,14 @@ REENTRANT_ERROR = (
     "in its first forward. Enable checkpointing with gradient_checkpointing_kwargs={{'use_reentrant': False}} "
     "(TrainingArguments: activation_checkpointing_kwargs={{'use_reentrant': False}}), or set "
     "MocConfig.aux_loss_coef=0 to train without the balance loss."
+)
+
+PREFERENCE_ERROR = (
+    "MoC adds its load-balancing loss to the per-token log-probabilities of TRL's fused LM head, which is how "
+    "SFTTrainer's loss receives it; this forward, in training mode with the MoC adapter disabled, is the reference "
+    "pass of a preference trainer (DPO, KTO, ...), whose loss compares sequence log-probabilities with it, so the "
+    "term would bias the reward by completion length. Train with MocConfig(aux_loss_coef=0.0): the routers then "
+    "learn from the preference loss alone."
 )
 
 
@@ -228,6 +242,13 @@ class MocModel(BaseTuner):
 
     # ----------------------------------------------------------------------------- forward hooks
     def _moc_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if (
+            module.training
+            and kwargs.get("fused_lm_head")
+            and self._balance_loss_configured()
+            and not any(m._is_active() for m in self.model.modules() if isinstance(m, MocLayer))
+        ):
+            raise ValueError(PREFERENCE_ERROR)
         mask = self._argument(args, kwargs, "attention_mask")
         runtime = self.moc_runtime
         runtime.active = [a for a in self.active_adapters if a in self.moc_state]
@@ -249,11 +270,18 @@ class MocModel(BaseTuner):
             raise RuntimeError(
                 REENTRANT_ERROR.format(lost=runtime.gradless_events, total=runtime.event_count)
             )
+        per_token = aux
         share = self._accumulation_share(args, kwargs)
         if share is not None:
             aux = aux * share
         if isinstance(output, dict) and output.get("loss") is not None:
             output["loss"] = output["loss"] + aux.to(output["loss"].dtype)
+            log_probs, scored = output.get("log_probs"), output.get("label_mask")
+            if isinstance(log_probs, torch.Tensor) and isinstance(scored, torch.Tensor):
+                # TRL's fused head: its trainers sum -log_probs over the scored tokens and divide by the
+                # step's token count, so each scored token carries the balance loss once (weight: the
+                # micro-batch's share of the step's tokens, as in `loss`)
+                output["log_probs"] = log_probs - per_token.to(log_probs.dtype) * scored.to(log_probs.dtype)
             return output
         # return_dict=False: the loss, when the model computed one, is the tuple's first element,
         # a scalar (logits never are); labels may have been passed by keyword or by position
@@ -266,6 +294,11 @@ class MocModel(BaseTuner):
         ):
             return (output[0] + aux.to(output[0].dtype),) + tuple(output[1:])
         return None
+
+    def _balance_loss_configured(self) -> bool:
+        return any(
+            self.peft_config[a].aux_loss_coef > 0 for a in self.active_adapters if a in self.peft_config
+        )
 
     def _accumulation_share(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """Share of this micro-batch in Trainer's `num_items_in_batch`, or None outside that regime.
