@@ -459,8 +459,11 @@ def task_data_dir(task: str, work_dir: Path) -> Path:
 def _export_demo_sentiment(folder: Path) -> Path:
     if _has_splits(folder):
         return folder
+    import datasets
+
     from moc_cli.assets.datasets import rotten_tomatoes_splits
 
+    datasets.disable_progress_bars()  # one bar per split in every worker's log otherwise
     folder.mkdir(parents=True, exist_ok=True)
     with _flock(folder / ".export.lock"):
         if not _has_splits(folder):
@@ -1266,14 +1269,23 @@ def plan_cells(
     tasks: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    unswept: Callable[[str], None] | None = None,
 ) -> list[Cell]:
     """The cells of `grids` (sweep first), each once; main and ablations need the finished sweep,
-    whose chosen rates are read from `records`."""
+    whose chosen rates are read from `records`. With `unswept` (dry runs), a method whose sweep is
+    incomplete takes its first candidate rate instead, and `unswept` is told which methods did."""
     rates: dict[str, float] = {}
-    if "main" in grids:
-        rates.update(chosen_rates(select_learning_rates(records, ctx, methods), "main", store))
-    if "ablations" in grids:
-        rates.update(chosen_rates(select_learning_rates(records, ctx, ["moc"]), "ablations", store))
+    for grid, wanted in (("main", methods), ("ablations", ["moc"])):
+        if grid not in grids:
+            continue
+        choices = select_learning_rates(records, ctx, wanted)
+        if unswept is not None:
+            missing = [m for m, c in choices.items() if c.rate is None or c.missing]
+            if missing:
+                unswept(", ".join(missing))
+            rates.update({m: c.rate if m not in missing else SWEEP_RATES[m][0] for m, c in choices.items()})
+        else:
+            rates.update(chosen_rates(choices, grid, store))
     return build_cells(grids, rates, ctx, tasks, methods, seeds)
 
 
@@ -1342,6 +1354,12 @@ def run_accuracy_benchmark(
     settings = Settings(work_dir, model_path, dev, threads, keep_weights, workers)
     deadline_at = started + deadline_s if deadline_s is not None else None
 
+    def unswept(names: str) -> None:
+        log(
+            f"dry run: the sweep of {names} is not finished; their cells are listed at their first candidate rate"
+        )
+
+    note = unswept if dry_run else None
     if cells:
         chosen = [cell_from_key(k) for k in cells]
         for c in chosen:
@@ -1352,9 +1370,9 @@ def run_accuracy_benchmark(
                 )
         phases = [chosen]
     elif "sweep" in grids and ("main" in grids or "ablations" in grids):
-        phases = [plan_cells(["sweep"], load_finished(store), ctx, store, tasks, methods, seeds), []]
+        phases = [plan_cells(["sweep"], load_finished(store), ctx, store, tasks, methods, seeds, note), []]
     else:
-        phases = [plan_cells(grids, load_finished(store), ctx, store, tasks, methods, seeds)]
+        phases = [plan_cells(grids, load_finished(store), ctx, store, tasks, methods, seeds, note)]
 
     from moc_cli.bench.report import write_accuracy_report
 
@@ -1365,7 +1383,7 @@ def run_accuracy_benchmark(
                 break
             later = [g for g in grids if g != "sweep"]
             try:
-                phase = plan_cells(later, load_finished(store), ctx, store, tasks, methods, seeds)
+                phase = plan_cells(later, load_finished(store), ctx, store, tasks, methods, seeds, note)
             except AccuracyError:
                 # The sweep ran but is incomplete (failed cells): its cells still get a report.
                 if not dry_run:

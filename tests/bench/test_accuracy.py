@@ -454,3 +454,16 @@ def test_script_exits_2_with_the_error_and_report_only_says_the_study_is_pending
         "The converged study is pending: 0 of 69 learning-rate sweep cells and 0 of 192 main-grid cells"
         in text
     )
+
+
+def test_dry_run_lists_a_grid_and_its_steps_even_before_the_sweep(study_env: dict) -> None:
+    logged: list[str] = []
+    bench(study_env, logged, grids=["main"], dry_run=True)
+    assert logged[0] == (
+        "dry run: the sweep of moc, control, lora-qv, lora-all, dora, full is not finished; their cells are "
+        "listed at their first candidate rate"
+    )
+    # per method and seed: 6 + 8 + 12 + 4 + 80 + 40 + 40 + 4 steps over the 8 tasks; 24 methods x seeds
+    assert "192 cells requested, 0 already finished, 192 to run (4,656 training steps) on cpu" in logged
+    assert "  glue/cola|moc|seed=0|lr=0.0003|ep=3|n=all|bs=32|len=128|fp32|bert-L2-d32" in logged
+    assert not (study_env["out"] / RESULTS_JSONL).exists() and not (study_env["out"] / "accuracy.md").exists()
