@@ -467,3 +467,19 @@ def test_dry_run_lists_a_grid_and_its_steps_even_before_the_sweep(study_env: dic
     assert "192 cells requested, 0 already finished, 192 to run (4,656 training steps) on cpu" in logged
     assert "  glue/cola|moc|seed=0|lr=0.0003|ep=3|n=all|bs=32|len=128|fp32|bert-L2-d32" in logged
     assert not (study_env["out"] / RESULTS_JSONL).exists() and not (study_env["out"] / "accuracy.md").exists()
+
+
+def test_device_cuda_without_a_gpu_names_the_fix(study_env: dict) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(AccuracyError) as err:
+        bench(study_env, device="cuda", grids=["sweep"])
+    assert str(err.value) == "--device cuda: torch sees no CUDA device here; use --device cpu (or auto)"
+    # auto falls back to the CPU, with fp32
+    logged: list[str] = []
+    bench(
+        study_env, logged, device="auto", grids=["sweep"], tasks=["glue/rte"], methods=["full"], dry_run=True
+    )
+    assert "  glue/rte|full|seed=0|lr=3e-05|ep=6|n=all|bs=32|len=128|fp32|bert-L2-d32" in logged
