@@ -52,14 +52,12 @@ def merge_export(
 
       moc merge-export runs/glue/sst2/20260101-120000 --format onnx
     """
-    from moc_cli.export.errors import ExportError
+    from moc_cli.cli.common import cli_errors
     from moc_cli.export.exporter import export
 
-    try:
+    # export errors keep their exit code, config errors exit 2, anything else is one line (exit 1)
+    with cli_errors("export"):
         result = export(run_dir, fmt=format, output=output, allow_pickle=allow_pickle, force=force)
-    except ExportError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=err.exit_code) from None
     if result.existed:
         typer.echo(
             f"export already exists at {result.path} ({result.format}); nothing to do "

@@ -146,6 +146,9 @@ def export(
 ) -> ExportResult:
     """Export a run (or adapter dir) as `bundle`, `merged` or `onnx`; see `moc merge-export --help`."""
     source = resolve_source(run_or_adapter_dir)
+    from moc_cli.export.bundle import check_adapter_files
+
+    check_adapter_files(source.adapter_dir)  # one line naming a damaged file, before peft reads it
     fmt = (fmt or default_format(source)).lower()
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -105,7 +105,7 @@ def test_interrupted_export_leaves_nothing_and_rerun_succeeds(
     monkeypatch.setattr(safetensors.torch, "save_file", crash_mid_write)
     crashed = cli("merge-export", run.root, "--format", "bundle")
     assert crashed.exit_code == 1
-    assert isinstance(crashed.exception, OSError)
+    assert "No space left on device" in crashed.stderr and "Traceback" not in crashed.stderr  # one line
     export_root = run.root / "export"
     assert list(export_root.iterdir()) == []  # neither the target nor a temp dir remains
 
@@ -255,3 +255,18 @@ def test_adapter_on_a_base_of_another_size_is_refused_before_loading(
     assert str(wider) in result.stderr
     export_dir = run.root / "export"
     assert not export_dir.exists() or list(export_dir.iterdir()) == []  # no bundle, no leftovers
+
+
+def test_a_damaged_adapter_is_one_line_naming_the_file(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
+    run = make_run(tmp_path / "run", tiny_bert_dir, "moc")
+    weights = run.root / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a truncated copy
+    done = cli("merge-export", run.root)
+    assert done.exit_code == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert lines[0].startswith(f"error: {weights}: damaged or incomplete (")
+    assert lines[0].endswith(
+        "restore the file from a checkpoint (checkpoints/checkpoint-N holds the same files) or train again"
+    )
+    assert not (run.root / "export").exists() or not any((run.root / "export").rglob("model.safetensors"))
