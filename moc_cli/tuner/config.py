@@ -156,6 +156,14 @@ class MocConfig(PeftConfig):
     target_parameters: list[str] | None = field(
         default=None, metadata={"help": "Unused by MoC; present because peft reads it."}
     )
+    trainable_token_indices: list[int] | dict[str, list[int]] | None = field(
+        default=None,
+        metadata={
+            "help": "Token ids whose embedding rows train and save with the adapter (peft's trainable tokens), "
+            "e.g. chat-template tokens that TRL's SFTConfig(chat_template_path=...) adds to the vocabulary; a list "
+            "for the input embedding or {module name: ids}."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

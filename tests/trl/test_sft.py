@@ -15,7 +15,7 @@ import datasets
 import pytest
 import torch
 from peft import PeftModel
-from trl_helpers import tiny_llama
+from trl_helpers import WORDS, tiny_llama
 
 import moc_cli  # noqa: F401  (registers MoC with peft)
 from moc_cli import MocConfig
@@ -132,3 +132,43 @@ def test_gradient_accumulation_keeps_the_balance_weight(tmp_path: Path, tokenize
     assert any("router" in key for key in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_chat_template_path_trains_the_added_tokens(tmp_path: Path, tokenizer) -> None:
+    """SFTConfig(chat_template_path=...) copies a chat template and its special tokens onto a tokenizer
+    without one, and asks the peft config to train those tokens' embeddings (trainable_token_indices)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer.save_pretrained(tmp_path / "chat-tokenizer")
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "</s>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    plain = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>"
+    )
+    vocab_size = len(plain)  # before TRL adds the template's tokens to it in place
+    trainer = trl.SFTTrainer(
+        model=tiny_llama(vocab_size),
+        args=sft_args(tmp_path, max_steps=2, chat_template_path=str(tmp_path / "chat-tokenizer")),
+        train_dataset=datasets.Dataset.from_dict({"messages": CONVERSATIONS}),
+        processing_class=plain,
+        peft_config=moc_config(),
+    )
+    added = trainer.model.peft_config["default"].trainable_token_indices["embed_tokens"]
+    assert plain.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == added[:2]
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    delta = saved["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    assert delta.shape[0] == len(added) and float(delta.abs().sum()) > 0  # the added rows trained
+
+    base = tiny_llama(vocab_size)
+    base.resize_token_embeddings(trainer.model.get_input_embeddings().weight.shape[0])
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    ids = torch.tensor([plain.apply_chat_template(CONVERSATIONS[0], tokenize=True)["input_ids"]])
+    assert set(added[:2]) <= set(ids[0].tolist())  # the rendered chat uses the added markers
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits)
