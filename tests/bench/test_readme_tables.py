@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from moc_cli.bench.accuracy import (
-    LEARNING_RATES,
-    Budget,
-    build_cells,
-    display_label,
     load_finished,
     record_key,
 )
@@ -103,24 +98,6 @@ def test_target_rows_pair_each_moc_variant_with_its_same_site_control_round_by_r
     assert lines[3] == "| m | 2 × 8 | 1.010× / – | – | – | – | not timed (memory only) | 2026-11-29 01:28 |"
     with pytest.raises(ReadmeError, match="efficiency.json has no runs; run benchmarks/efficiency.py first"):
         efficiency_targets_block([])
-
-
-def test_a_swept_cell_joins_the_default_row_when_its_rate_becomes_the_default() -> None:
-    rate = LEARNING_RATES["lora"]
-    budget = Budget(max_steps=100, batch_size=16, max_length=64)
-    # Recorded during the sweep, when this rate was not yet the default: labelled with the rate.
-    swept = {
-        "grid": "main",
-        "task": "glue/sst2",
-        "label": f"lora lr={rate:g}",
-        "seed": 0,
-        "learning_rate": rate,
-        "budget": asdict(budget),
-    }
-    (cell,) = build_cells(["glue/sst2"], [0], ["main"], ["lora"], budget)
-    assert cell.label == "lora" and record_key(swept) == cell.key  # resuming skips it
-    assert display_label("main", swept["label"], rate) == "lora"
-    assert display_label("main", "lora", rate * 2) == f"lora lr={rate * 2:g}"
 
 
 def test_stored_results_load_with_one_record_per_cell() -> None:
