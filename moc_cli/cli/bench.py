@@ -79,12 +79,15 @@ def bench(
     grid: Annotated[
         list[str] | None,
         typer.Option(
-            "--grid", help="Accuracy: grids to run: main, ablations (repeatable).", show_default="main"
+            "--grid", help="Accuracy: grids to run: sweep, main, ablations (repeatable).", show_default="main"
         ),
     ] = None,
     max_steps: Annotated[
-        int, typer.Option("--max-steps", min=1, help="Accuracy: training steps per cell.")
-    ] = 300,
+        int | None,
+        typer.Option(
+            "--max-steps", min=1, help="Accuracy: cap steps per cell (a smoke run, kept out of the study's tables)."
+        ),
+    ] = None,
     output_dir: Annotated[
         Path, typer.Option("--output-dir", help="Where results (md, csv, png, jsonl) are written.")
     ] = Path("benchmarks/results"),
@@ -97,7 +100,7 @@ def bench(
 
       moc bench efficiency --method moc-both-shared --method control --method lora-all --no-rss
 
-      moc bench accuracy --task glue/rte --seed 0 --seed 1 --seed 2 --max-steps 300
+      moc bench accuracy --grid sweep --task glue/rte   (the study: python benchmarks/accuracy.py --help)
     """
     import shlex
     import sys
@@ -134,8 +137,8 @@ def bench(
 
         try:
             report = run_accuracy_benchmark(
-                tasks=task or ["glue/rte"],
-                seeds=seed or [0, 1, 2],
+                tasks=task,
+                seeds=seed,
                 grids=grid or ["main"],
                 methods=method,
                 max_steps=max_steps,
