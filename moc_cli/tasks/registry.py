@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from moc_cli.tasks.base import Task
 
-TASK_MODULES: tuple[str, ...] = ("glue", "superglue", "instruct", "commonsense", "demo")
+TASK_MODULES: tuple[str, ...] = ("glue", "superglue", "instruct", "commonsense", "demo", "chat")
 
 _REGISTRY: dict[str, type[Task]] = {}
 _loaded = False

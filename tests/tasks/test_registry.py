@@ -19,6 +19,7 @@ EXPECTED = [
     "glue/stsb",
     "glue/wnli",
     "instruct/alpaca",
+    "instruct/chat",
     "instruct/dolly",
     "superglue/boolq",
     "superglue/cb",
@@ -35,7 +36,7 @@ def test_list_tasks_is_complete_and_sorted():
     # Other test modules register throw-away tasks in the same process; only shipped ones count here.
     shipped = [name for name in list_tasks() if get_task_class(name).__module__.startswith("moc_cli.tasks.")]
     assert shipped == EXPECTED
-    assert TASK_MODULES == ("glue", "superglue", "instruct", "commonsense", "demo")
+    assert TASK_MODULES == ("glue", "superglue", "instruct", "commonsense", "demo", "chat")
 
 
 def test_unknown_task_suggests_and_lists():
