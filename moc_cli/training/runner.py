@@ -99,6 +99,19 @@ def quiet_progress(show_bar: bool) -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def with_schema_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.yaml with the defaults of keys added to the schema since it was written (so
+    `model.allow_pickle: None -> False` is no change); as saved if it no longer validates."""
+    from pydantic import ValidationError
+
+    from moc_cli.config.schema import RunConfig
+
+    try:
+        return config_dict(RunConfig.model_validate(saved))
+    except ValidationError:
+        return saved
+
+
 def check_resume_config(run: RunDir, current: dict[str, Any]) -> list[str]:
     """Compare a resumed run's config with the run's config.yaml; return the changes it applies.
 
@@ -109,7 +122,7 @@ def check_resume_config(run: RunDir, current: dict[str, Any]) -> list[str]:
 
     if not run.config.is_file():
         return []
-    saved = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+    saved = with_schema_defaults(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
     refused, applied = split_drift(saved, current)
     if refused:
         lines = "".join(f"\n      {change}" for change in refused)

@@ -292,3 +292,14 @@ def test_classification_loss_does_not_grow_with_gradient_accumulation(
     (_, loss_split), = losses(split)
     assert step == 1
     assert loss_split == pytest.approx(loss_whole, rel=0.02)
+
+
+def test_a_key_added_to_the_schema_since_a_run_was_saved_is_not_a_resume_change(make_config) -> None:
+    from moc_cli.training.checkpointing import split_drift
+    from moc_cli.training.runner import config_dict, with_schema_defaults
+
+    current = config_dict(make_config())
+    saved = config_dict(make_config())
+    del saved["model"]["allow_pickle"]  # a config.yaml written before the key existed
+    assert split_drift(saved, current)[0] == ["model.allow_pickle: (unset) -> False"]
+    assert split_drift(with_schema_defaults(saved), current) == ([], [])
