@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from moc_cli.cli import eval_cmd, inspect_cmds, train
+from moc_cli.cli import eval_cmd, inspect_cmds, sweep, train
 from moc_cli.cli.common import STATE
 
 app = typer.Typer(
@@ -61,6 +61,7 @@ app.command("cat", epilog=inspect_cmds.CAT_EPILOG)(inspect_cmds.cat)
 app.command("validate", epilog=inspect_cmds.VALIDATE_EPILOG)(inspect_cmds.validate)
 app.command("env", epilog=inspect_cmds.ENV_EPILOG)(inspect_cmds.env)
 app.command("schema", epilog=inspect_cmds.SCHEMA_EPILOG)(inspect_cmds.schema)
+app.command("sweep", epilog=sweep.EPILOG)(sweep.sweep)
 
 # Commands owned by other modules; registered only when present so the app works in partial checkouts.
 OPTIONAL_COMMANDS = {
