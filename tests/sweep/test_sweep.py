@@ -207,13 +207,13 @@ def test_a_killed_workers_trial_is_failed_and_retried(
     while time.monotonic() < deadline and not running_trial_with_params(in_tmp / "runs" / "sweeps.db"):
         time.sleep(0.5)
     doomed.send_signal(signal.SIGKILL)  # no handler runs: the trial stays RUNNING in the storage
-    doomed.wait()
+    output = doomed.communicate()[0]
     running = study("killed").get_trials()
-    assert [t.state for t in running] == [TrialState.RUNNING]
-    time.sleep(2.5)  # past the grace period (2 heartbeats) without a heartbeat
+    assert [t.state for t in running] == [TrialState.RUNNING], output
+    time.sleep(3.0)  # past the grace period (2 heartbeats of 1 s) since the last heartbeat
 
     result = moc(*args)
     assert result.exit_code == 0, result.output
     trials = study("killed").get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], (result.output, trials)
     assert trials[1].params == running[0].params  # the killed trial's point ran again
