@@ -531,6 +531,11 @@ def _train(
         # not divide the loss by the accumulation steps; classification heads ignore it and return a
         # per-batch mean, so their loss (and gradient) would grow with gradient accumulation.
         trainer.model_accepts_loss_kwargs = False
+    if routing is not None:
+        # First of all callbacks: report_to integrations (added by Trainer before ours) log the
+        # dict on_log receives, so the moc_* routing metrics must be in it before they run.
+        trainer.callback_handler.callbacks.remove(routing)
+        trainer.callback_handler.callbacks.insert(0, routing)
     if not show_bar:
         # PrinterCallback dumps raw dicts; plain progress lines replace it (or nothing for progress=none).
         trainer.remove_callback(PrinterCallback)

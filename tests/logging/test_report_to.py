@@ -91,11 +91,6 @@ def test_a_missing_integration_package_is_named(tmp_path: Path, tiny_run_args: l
     assert "WandbCallback requires wandb to be installed. Run `pip install wandb`." in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Trainer puts report_to integrations before the runner's routing callback, so wandb/mlflow log "
-    "without moc_* metrics; the runner should order RoutingStatsCallback first (moc_cli/training/runner.py)",
-)
 def test_reporting_integrations_receive_the_routing_metrics(
     tmp_path: Path, tiny_run_args: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
