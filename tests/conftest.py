@@ -29,6 +29,24 @@ def shared_data() -> Path:
     return data
 
 
+def task_data_dir(shared_data: Path, task: str) -> Path:
+    """`shared/data/<suite>/<task>` with its train and validation splits, else skip naming the folder."""
+    folder = shared_data / task
+    if not ((folder / "train.jsonl").is_file() and (folder / "validation.jsonl").is_file()):
+        pytest.skip(f"{task} data not found at {folder}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sst2_dir(shared_data: Path) -> Path:
+    return task_data_dir(shared_data, "glue/sst2")
+
+
+@pytest.fixture(scope="session")
+def cola_dir(shared_data: Path) -> Path:
+    return task_data_dir(shared_data, "glue/cola")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads() -> None:
     import torch

@@ -32,14 +32,6 @@ NOISE = ("LOAD REPORT", "FutureWarning", "TracerWarning", "is_gradient_checkpoin
 
 
 @pytest.fixture(scope="module")
-def cola_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "cola"
-    if not (folder / "train.jsonl").is_file():
-        pytest.skip(f"CoLA data not found at {folder}")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def commands(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path) -> dict:
     """train (4 steps, logging_steps 50), merge-export --format onnx and predict, run in one fresh
     process as a user runs them (stdout and stderr files, not terminals); stderr kept per command."""

@@ -23,14 +23,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model("bert", tmp_path_factory.mktemp("tiny-bert"), max_position_embeddings=64)
 
 
-@pytest.fixture(scope="module")
-def sst2_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "sst2"
-    if not (folder / "train.jsonl").is_file():
-        pytest.skip(f"SST-2 data not found at {folder}")
-    return folder
-
-
 def run_config(tiny_bert: Path, sst2_dir: Path, **training: object) -> dict:
     """A 4-step MoC run on the tiny BERT with checkpoints (and evaluations) at steps 2 and 4."""
     return {

@@ -28,9 +28,3 @@ def wider_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _save_tiny_bert(tmp_path_factory.mktemp("wider-bert"), 48)
 
 
-@pytest.fixture(scope="session")
-def sst2_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "sst2"
-    if not (folder / "train.jsonl").is_file():
-        pytest.skip(f"SST-2 data not found at {folder}")
-    return folder

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -64,14 +63,6 @@ def test_an_export_that_does_not_record_its_adapter_is_rebuilt(
         f"rebuilt the export at {target}: it does not record which adapter it was built from" in again.stderr
     )
     assert "adapter_sha256" in built_from(target)
-
-
-@pytest.fixture(scope="module")
-def sst2_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "sst2"
-    if not (folder / "train.jsonl").is_file():
-        pytest.skip(f"SST-2 data not found at {folder}")
-    return folder
 
 
 def test_export_after_resuming_to_more_steps_matches_the_run(

@@ -24,14 +24,6 @@ def invoke(*args: object, columns: int = 200):
 
 
 @pytest.fixture(scope="module")
-def cola_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "cola"
-    if not (folder / "validation.jsonl").is_file():
-        pytest.skip(f"CoLA data not found at {folder}")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def cola_run(tmp_path_factory: pytest.TempPathFactory, cola_dir: Path) -> Path:
     """A 2-step MoC run on CoLA with a tiny BERT, trained by `moc train`."""
     if packaged_minilm_dir() is None:

@@ -22,14 +22,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-@pytest.fixture(scope="session")
-def sst2_dir(shared_data: Path) -> Path:
-    folder = shared_data / "glue" / "sst2"
-    if not (folder / "train.jsonl").is_file():
-        pytest.skip(f"SST-2 data not found at {folder}")
-    return folder
-
-
 @pytest.fixture
 def make_config(tiny_bert: Path, sst2_dir: Path, tmp_path: Path) -> Callable[..., object]:
     """`make_config(*overrides)` -> a validated RunConfig for a few-step SST-2 run on the tiny BERT."""
