@@ -164,6 +164,31 @@ def build(group: Group, method: str, device: str, dtype: Any, shapes: dict[str, 
     return model
 
 
+def setup(group: Group, method: str, device: str, shapes: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
+    """The bf16 model with `method`, its fixed random batch (seed 0) and an AdamW over what trains."""
+    import torch
+
+    model = build(group, method, device, torch.bfloat16, shapes)
+    vocab = shapes[group.model]["vocab_size"]
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (group.batch_size, group.seq_len), generator=gen).to(device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    return model, batch, optimizer
+
+
+def train_step(model: Any, optimizer: Any, batch: dict[str, Any], device: str) -> Any:
+    """One AdamW step under bf16 autocast; returns the loss."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def measure(
     group: Group,
     method: str,
@@ -175,15 +200,9 @@ def measure(
     """Parameters, peak memory above the loaded model, and step times of one method."""
     import torch
 
-    dtype = torch.bfloat16
-    model = build(group, method, device, dtype, shapes)
+    model, batch, optimizer = setup(group, method, device, shapes)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    vocab = shapes[group.model]["vocab_size"]
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, vocab, (group.batch_size, group.seq_len), generator=gen).to(device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     cuda = device.startswith("cuda")
 
     def sync() -> None:
@@ -199,11 +218,7 @@ def measure(
     for i in range(warmup + steps):
         sync()
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.split(":")[0], dtype=dtype):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
+        loss = train_step(model, optimizer, batch, device)
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -235,25 +250,13 @@ def profile(group: Group, method: str, device: str, shapes: dict[str, dict[str, 
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    model = build(group, method, device, torch.bfloat16, shapes)
-    vocab = shapes[group.model]["vocab_size"]
-    ids = torch.randint(5, vocab, (group.batch_size, group.seq_len), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids.to(device), "labels": ids.to(device)}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-
+    model, batch, optimizer = setup(group, method, device, shapes)
     for _ in range(2):
-        step()
+        train_step(model, optimizer, batch, device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with torch_profile(activities=activities) as prof:
         for _ in range(2):
-            step()
+            train_step(model, optimizer, batch, device)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
