@@ -29,14 +29,20 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from peft import PeftConfig
 
-VARIANTS = ("ffn", "attn", "both-separate", "both-shared", "block")
-ROUTER_SCOPES = ("global", "per_layer")
-INIT_A = ("kaiming", "normal")
-EXPERT_COMPUTE = ("sparse", "dense", "auto")
+# The choices of the enumerated fields, as Literal types: the annotation is their one declaration
+# (the run schema reads the choices from it), the tuples are what the checks below use.
+Variant = Literal["ffn", "attn", "both-separate", "both-shared", "block"]
+RouterScope = Literal["global", "per_layer"]
+InitA = Literal["kaiming", "normal"]
+ExpertCompute = Literal["sparse", "dense", "auto"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+ROUTER_SCOPES: tuple[str, ...] = get_args(RouterScope)
+INIT_A: tuple[str, ...] = get_args(InitA)
+EXPERT_COMPUTE: tuple[str, ...] = get_args(ExpertCompute)
 
 
 class MocPeftType(str, enum.Enum):
@@ -77,7 +83,7 @@ class MocConfig(PeftConfig):
     top_k: int = field(
         default=1, metadata={"help": "Number of experts (other layers' controls) each token borrows."}
     )
-    variant: str = field(
+    variant: Variant = field(
         default="both-shared",
         metadata={"help": f"Where controls attach and how routers are shared; one of {', '.join(VARIANTS)}."},
     )
@@ -87,7 +93,7 @@ class MocConfig(PeftConfig):
             "help": "False = per-block Control baseline: local controls only, no router parameters at all."
         },
     )
-    router_scope: str = field(
+    router_scope: RouterScope = field(
         default="global",
         metadata={
             "help": "'global': one router shared by all layers of a site type; 'per_layer': one per layer."
@@ -109,13 +115,13 @@ class MocConfig(PeftConfig):
         default=0.01,
         metadata={"help": "Weight lambda of the load-balancing loss added to outputs.loss in training."},
     )
-    init_a: str = field(
+    init_a: InitA = field(
         default="kaiming",
         metadata={
             "help": "Init of A: 'kaiming' (Kaiming-uniform, a=sqrt(5)) or 'normal' (N(0, 0.02)). B starts at 0."
         },
     )
-    expert_compute: str = field(
+    expert_compute: ExpertCompute = field(
         default="auto",
         metadata={
             "help": "'sparse': fused autograd function saving ~E+2r numbers per token; 'dense': plain autograd "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal, get_args
 
 from peft import PeftConfig
 
@@ -15,7 +16,9 @@ class MolexPeftType(str, Enum):
     MOLEX = "MOLEX"
 
 
-ROUTING_CHOICES = ("sequence", "token")
+# The annotation is the one declaration of the choices (the run schema reads it).
+Routing = Literal["sequence", "token"]
+ROUTING_CHOICES: tuple[str, ...] = get_args(Routing)
 
 
 @dataclass
@@ -42,7 +45,7 @@ class MolexConfig(PeftConfig):
         },
     )
     router_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the routers."})
-    routing: str = field(
+    routing: Routing = field(
         default="sequence",
         metadata={
             "help": "`sequence`: one choice per sequence from the mean of its non-padding token states "
