@@ -10,12 +10,15 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer.exceptions import TyperException
 
-from moc_cli.config import ConfigError, ConfigIssue, RunConfig, load_run_config
+from moc_cli.config import ConfigError, ConfigIssue
+
+if TYPE_CHECKING:
+    from moc_cli.config import RunConfig
 
 
 def quiet_library_noise() -> None:
@@ -137,6 +140,8 @@ def load_or_exit(
 ) -> tuple[RunConfig, dict[str, str]]:
     """`load_run_config`, turning ConfigError into exit code 2 with every issue printed."""
     try:
+        from moc_cli.config import load_run_config  # builds the schema: imports peft
+
         return load_run_config(recipe, str(config_file) if config_file else None, overrides)
     except ConfigError as exc:
         raise fail_config(exc) from None

@@ -19,7 +19,6 @@ from moc_cli.config import (
     find_recipe,
     list_recipes,
     recipe_description,
-    render_config,
     resource_dir,
 )
 from moc_cli.config.errors import did_you_mean
@@ -96,6 +95,8 @@ def cat(
 ) -> None:
     """Print a recipe fully resolved, each value commented with its source."""
     cfg, provenance = load_or_exit(recipe, config, list(overrides or []))
+    from moc_cli.config import render_config
+
     typer.echo(render_config(cfg, provenance), nl=False)
 
 

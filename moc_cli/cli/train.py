@@ -16,7 +16,7 @@ from moc_cli.cli.common import (
     load_or_exit,
     quoted,
 )
-from moc_cli.config import ConfigError, ConfigIssue, render_config
+from moc_cli.config import ConfigError, ConfigIssue
 
 # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended.
 EXIT_TERMINATED = 143
@@ -108,6 +108,8 @@ def train(
         )
     if dry_run:
         typer.echo(f"# moc train --dry-run: resolved config for {cfg.recipe or config} (nothing was run)")
+        from moc_cli.config import render_config
+
         typer.echo(render_config(cfg, provenance), nl=False)
         return
 

@@ -1,42 +1,55 @@
 """Run configuration: typed schema, layering (defaults -> recipe -> file -> overrides), provenance.
 
-Imports nothing heavy (pydantic and pyyaml only) so configs are checked before any model loads.
+`import moc_cli.config` is cheap (pydantic and pyyaml): listing recipes needs nothing else. The
+schema's `method` section is built from the methods' peft config dataclasses, so the names below
+that validate or describe a run config import peft on first use.
 """
 
-from moc_cli.config.errors import ConfigError, ConfigIssue
-from moc_cli.config.loader import load_run_config
-from moc_cli.config.render import dump_config, render_config
-from moc_cli.config.resources import find_recipe, list_recipes, recipe_description, resource_dir
-from moc_cli.config.schema import (
-    METHOD_MODELS,
-    ControlMethod,
-    DataSection,
-    DoraMethod,
-    FullMethod,
-    Ia3Method,
-    LoraMethod,
-    MocMethod,
-    ModelSection,
-    MolexMethod,
-    OutputSection,
-    RunConfig,
-    TaskSection,
-    TrainingSection,
-)
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from moc_cli.config.errors import ConfigError, ConfigIssue
+from moc_cli.config.resources import find_recipe, list_recipes, recipe_description, resource_dir
+
+if TYPE_CHECKING:
+    from moc_cli.config.loader import load_run_config
+    from moc_cli.config.method_fields import METHOD_MODELS
+    from moc_cli.config.render import dump_config, render_config
+    from moc_cli.config.schema import (
+        DataSection,
+        ModelSection,
+        OutputSection,
+        RunConfig,
+        TaskSection,
+        TrainingSection,
+    )
+
+_LAZY = {
+    "load_run_config": "moc_cli.config.loader",
+    "METHOD_MODELS": "moc_cli.config.method_fields",
+    "dump_config": "moc_cli.config.render",
+    "render_config": "moc_cli.config.render",
+    **{
+        name: "moc_cli.config.schema"
+        for name in ("DataSection", "ModelSection", "OutputSection", "RunConfig", "TaskSection", "TrainingSection")
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'moc_cli.config' has no attribute {name!r}")
+
+
+__all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "METHOD_MODELS",
     "ConfigError",
     "ConfigIssue",
-    "ControlMethod",
     "DataSection",
-    "DoraMethod",
-    "FullMethod",
-    "Ia3Method",
-    "LoraMethod",
-    "MocMethod",
     "ModelSection",
-    "MolexMethod",
     "OutputSection",
     "RunConfig",
     "TaskSection",

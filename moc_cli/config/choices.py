@@ -1,23 +1,16 @@
-"""Allowed values for enumerated config keys.
+"""Allowed values for the enumerated keys of the model and training sections.
 
-Kept as plain tuples so that validating a config imports nothing heavy. `tests/config/test_choices.py`
+The method section's choices are the `Literal` annotations of the peft config dataclasses
+(`config/method_fields.py`). These are plain tuples so that the CLI lists them without importing
+transformers. `tests/config/test_choices.py`
 checks each transformers-backed tuple against the installed transformers, so drift is caught in CI.
 """
 
 from __future__ import annotations
 
-METHOD_NAMES = ("moc", "control", "lora", "dora", "ia3", "full", "molex")
-
 # model
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-# MoC: the same tuples as moc_cli.tuner.config (checked by tests/config/test_choices.py)
-MOC_VARIANTS = ("ffn", "attn", "both-separate", "both-shared", "block")
-ROUTER_SCOPES = ("global", "per_layer")
-INIT_A = ("kaiming", "normal")
-EXPERT_COMPUTE = ("sparse", "dense", "auto")
-MOLEX_ROUTING = ("sequence", "token")  # moc_cli.baselines.molex.config.ROUTING_CHOICES
 
 # transformers.trainer_utils.SchedulerType values
 LR_SCHEDULER_TYPES = (
@@ -102,17 +95,3 @@ REPORT_TO = (
 )
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 
-# The dotted path of each mapped architecture's layer list, as in moc_cli.tuner.architectures
-# (checked by tests/config/test_choices.py): pre-flight names MoC's valid target_modules from it.
-MOC_LAYER_LISTS = {
-    "bert": "encoder.layer",
-    "roberta": "encoder.layer",
-    "deberta-v2": "encoder.layer",
-    "mpnet": "encoder.layer",
-    "llama": "layers",
-    "mistral": "layers",
-    "qwen2": "layers",
-    "gemma": "layers",
-    "gpt2": "h",
-    "vit": "layers",
-}

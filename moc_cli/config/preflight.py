@@ -325,7 +325,8 @@ def _check_model_limits(
     cfg: RunConfig, provenance: dict[str, str], config: dict[str, Any]
 ) -> list[ConfigIssue]:
     """task.max_length against the position table; layers_to_transform and target_modules against the layers."""
-    from moc_cli.config.choices import MOC_LAYER_LISTS
+    from moc_cli.methods import get_method
+    from moc_cli.tuner.architectures import ARCHITECTURES
 
     issues: list[ConfigIssue] = []
     name = cfg.model.name_or_path
@@ -341,7 +342,7 @@ def _check_model_limits(
             )
         )
     method = cfg.method
-    if method.name not in ("moc", "control"):
+    if not get_method(method.name).moc_family:
         return issues
     layers = num_layers(config)
     wanted = method.layers_to_transform or []
@@ -355,7 +356,7 @@ def _check_model_limits(
                 provenance.get("method.layers_to_transform"),
             )
         )
-    layer_list = MOC_LAYER_LISTS.get(model_type)
+    layer_list = (ARCHITECTURES.get(model_type) or {}).get("layers")
     targets = method.target_modules
     if layers is not None and layer_list and isinstance(targets, list):
         names = [f"{layer_list}.{i}" for i in range(layers)]

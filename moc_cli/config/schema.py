@@ -1,23 +1,19 @@
 """The typed run-config schema: one pydantic model per section, strict at every depth.
 
 Field names in `training` are `transformers.TrainingArguments` names so the runner can pass them
-through unchanged. Every field carries a `description`; `moc schema` prints them.
+through unchanged. Every field carries a `description`; `moc schema` prints them. The `method`
+section is derived from the methods' peft config dataclasses (`config/method_fields.py`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from moc_cli.config import choices as C
-
-
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
-
-    # coerce_numbers_to_str: `data.name=1` or a numeric folder name on the command line stays usable.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+from moc_cli.config.method_fields import METHOD_MODELS, method_union
+from moc_cli.config.section import Section
 
 
 def _steps_or_ratio(name: str, value: float | int | None) -> float | int | None:
@@ -34,7 +30,6 @@ def _steps_or_ratio(name: str, value: float | int | None) -> float | int | None:
 
 
 StepsOrRatio = Annotated[int | float, Field(union_mode="left_to_right")]
-TargetModules = list[str] | str | None
 
 
 class ModelSection(Section):
@@ -86,166 +81,7 @@ class DataSection(Section):
     max_test_samples: int | None = Field(None, gt=0, description="Truncate the test split (null: all rows).")
 
 
-class _ControlFields(Section):
-    """Fields shared by MoC and its per-block special case, Control (MocConfig names)."""
-
-    r: int = Field(16, gt=0, description="Control rank r (A: r x d, B: d x r).")
-    control_scale: float = Field(
-        1.0, description="Scale s applied to the control output (no alpha/r rescaling)."
-    )
-    control_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the state u before A.")
-    alpha: float = Field(
-        0.95,
-        ge=0.0,
-        le=1.0,
-        description="Mix weight of the local control; 1 - alpha goes to the routed global mix.",
-    )
-    learnable_alpha: bool = Field(
-        False, description="Learn a per-layer alpha (sigmoid-parametrised, init at alpha)."
-    )
-    top_k: int = Field(1, gt=0, description="Experts picked per token by the router.")
-    variant: Literal[C.MOC_VARIANTS] = Field(
-        "both-shared",
-        description="Control sites and routers: ffn | attn | both-separate | both-shared | block (whole layer).",
-    )
-    global_control: bool = Field(
-        True, description="Route across layers (MoC); false gives per-block Control."
-    )
-    router_scope: Literal[C.ROUTER_SCOPES] = Field(
-        "global",
-        description="global: one router shared by all layers of a site type; per_layer: one per layer.",
-    )
-    router_temperature: float = Field(1.0, gt=0.0, description="Softmax temperature tau of the router.")
-    router_bias: bool = Field(False, description="Give each router a bias of E parameters.")
-    renormalize_topk: bool = Field(False, description="Renormalise the top-k gate weights to sum to 1.")
-    exclude_self: bool = Field(False, description="Forbid a layer from picking its own control as expert.")
-    aux_loss_coef: float = Field(0.01, ge=0.0, description="Load-balancing loss weight lambda.")
-    init_a: Literal[C.INIT_A] = Field(
-        "kaiming", description="Init of A: kaiming (uniform, a=sqrt 5) or normal N(0, 0.02); B starts at 0."
-    )
-    expert_compute: Literal[C.EXPERT_COMPUTE] = Field(
-        "auto",
-        description="sparse: fused autograd saving ~E+2r numbers per token; dense: all E*r rows; "
-        "auto: sparse when training, dense under no_grad.",
-    )
-    layers_pattern: str | None = Field(
-        None,
-        description="Dotted path of the ModuleList of transformer layers (e.g. encoder.layer); null uses the "
-        "architecture map.",
-    )
-    target_modules: TargetModules = Field(
-        None,
-        description="Restrict controlled layers: a regex (full match) or names/suffixes of layer modules.",
-    )
-    layers_to_transform: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="Restrict the controlled layers to these indices of the layer list."
-    )
-    architecture: dict[str, Any] | None = Field(
-        None,
-        description="Override of the architecture map entry: {layers: path, sites: {attn: {writer, reader}, ...}}.",
-    )
-    modules_to_save: list[str] | None = Field(
-        None,
-        description="Extra modules trained and saved in full (classifier heads are added automatically).",
-    )
-
-    @model_validator(mode="after")
-    def _alpha_learnable(self) -> _ControlFields:
-        if self.learnable_alpha and not 0.0 < self.alpha < 1.0:
-            raise ValueError("learnable_alpha=true needs alpha strictly between 0 and 1")
-        return self
-
-
-class MocMethod(_ControlFields):
-    name: Literal["moc"] = Field(
-        description="Mixture-of-Control: per-layer controls mixed through a sparse router."
-    )
-
-
-class ControlMethod(_ControlFields):
-    name: Literal["control"] = Field(
-        description="Per-block Control baseline (MoC with global_control=false)."
-    )
-    global_control: bool = Field(
-        False, description="Always false for method 'control'; use method.name=moc to route."
-    )
-
-    @field_validator("global_control")
-    @classmethod
-    def _no_global(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("method 'control' has no router; set method.name=moc for global_control=true")
-        return v
-
-
-class _LoraFields(Section):
-    r: int = Field(8, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / r).")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: TargetModules = Field(
-        None, description="Module names or regex to adapt; null uses peft's default for the architecture."
-    )
-    modules_to_save: list[str] | None = Field(
-        None,
-        description="Extra modules trained and saved in full (classifier heads are added automatically).",
-    )
-
-
-class LoraMethod(_LoraFields):
-    name: Literal["lora"] = Field(description="peft LoRA baseline.")
-
-
-class DoraMethod(_LoraFields):
-    name: Literal["dora"] = Field(description="peft LoRA with use_dora=True (weight-decomposed LoRA).")
-
-
-class Ia3Method(Section):
-    name: Literal["ia3"] = Field(description="peft IA3 baseline (learned activation rescaling).")
-    target_modules: TargetModules = Field(None, description="Modules to rescale; null uses peft's default.")
-    feedforward_modules: TargetModules = Field(
-        None, description="Subset of target_modules treated as feed-forward (scaled on input)."
-    )
-    modules_to_save: list[str] | None = Field(
-        None,
-        description="Extra modules trained and saved in full (classifier heads are added automatically).",
-    )
-
-
-class FullMethod(Section):
-    name: Literal["full"] = Field(description="Full fine-tuning of every parameter (no adapter).")
-
-
-class MolexMethod(Section):
-    name: Literal["molex"] = Field(description="MoLEx baseline: mixture of pretrained layer experts.")
-    alpha: float = Field(0.95, ge=0.0, le=1.0, description="Weight of the layer's own output in the mix.")
-    top_k: int = Field(1, gt=0, description="Layer experts picked per routing decision.")
-    layers_pattern: str | None = Field(
-        None,
-        description="Dotted path of the ModuleList of transformer layers; null uses the model type's default.",
-    )
-    router_temperature: float = Field(1.0, gt=0.0, description="Softmax temperature of the routers.")
-    routing: Literal[C.MOLEX_ROUTING] = Field(
-        "sequence", description="sequence: one choice per sequence (not causal); token: one per token."
-    )
-    modules_to_save: list[str] | None = Field(
-        None,
-        description="Extra modules trained and saved in full (classifier heads are added automatically).",
-    )
-
-
-MethodSection = Annotated[
-    MocMethod | ControlMethod | LoraMethod | DoraMethod | Ia3Method | FullMethod | MolexMethod,
-    Field(discriminator="name"),
-]
-METHOD_MODELS: dict[str, type[Section]] = {
-    "moc": MocMethod,
-    "control": ControlMethod,
-    "lora": LoraMethod,
-    "dora": DoraMethod,
-    "ia3": Ia3Method,
-    "full": FullMethod,
-    "molex": MolexMethod,
-}
+MethodSection = method_union()
 
 
 class TrainingSection(Section):
@@ -369,7 +205,7 @@ class RunConfig(Section):
     task: TaskSection = Field(description="Task (data format, metrics, labels).")
     data: DataSection = Field(default_factory=DataSection, description="Data source and sample limits.")
     method: MethodSection = Field(
-        default_factory=lambda: MocMethod(name="moc"), description="Fine-tuning method."
+        default_factory=lambda: METHOD_MODELS["moc"](name="moc"), description="Fine-tuning method."
     )
     training: TrainingSection = Field(
         default_factory=TrainingSection, description="TrainingArguments subset."
@@ -378,5 +214,3 @@ class RunConfig(Section):
         default_factory=OutputSection, description="Run directory and console output."
     )
 
-
-SECTION_NAMES = ("model", "task", "data", "method", "training", "output")

@@ -10,7 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from moc_cli.config.schema import METHOD_MODELS, RunConfig
+from moc_cli.config.method_fields import METHOD_MODELS
+from moc_cli.config.schema import RunConfig
 
 
 @dataclass(frozen=True)

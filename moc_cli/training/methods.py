@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training._sections import as_dict
+from moc_cli.methods import UnknownMethodError, get_method
 from moc_cli.training.errors import RunSetupError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
     from torch import nn
-
-METHODS = ("moc", "control", "lora", "dora", "ia3", "full", "molex")
 
 # Heads that are newly initialised for a task and must train and be saved with the adapter.
 HEAD_MODULE_NAMES = ("pre_classifier", "classifier", "score")
 
+# peft's task type per task kind; multiple choice has none, so its head is listed explicitly.
 _TASK_TYPES = {
     "seq_cls": "SEQ_CLS",
     "regression": "SEQ_CLS",
@@ -29,25 +30,34 @@ _TASK_TYPES = {
 }
 
 
-def peft_config_class(name: str) -> type:
-    """The peft config dataclass behind `method.name`."""
-    if name in ("moc", "control"):
-        from moc_cli import MocConfig
+def method_section(method_cfg: BaseModel | Mapping[str, Any]) -> BaseModel:
+    """The validated `method` section: a run's own, or a plain dict checked by the same schema."""
+    if not isinstance(method_cfg, Mapping):
+        return method_cfg
+    from pydantic import ValidationError
 
-        return MocConfig
-    if name in ("lora", "dora"):
-        from peft import LoraConfig
+    from moc_cli.config import METHOD_MODELS
 
-        return LoraConfig
-    if name == "ia3":
-        from peft import IA3Config
+    name = method_cfg.get("name")
+    try:
+        get_method(name)
+    except UnknownMethodError as exc:
+        raise RunSetupError(str(exc), "method.name") from None
+    try:
+        return METHOD_MODELS[name].model_validate(dict(method_cfg))
+    except ValidationError as exc:
+        raise RunSetupError(_validation_message(name, exc)) from None
 
-        return IA3Config
-    if name == "molex":
-        from moc_cli.baselines.molex import MolexConfig
 
-        return MolexConfig
-    raise RunSetupError(f"method.name={name!r} is not a method; choose one of {', '.join(METHODS)}")
+def _validation_message(name: str, exc: Any) -> str:
+    problems = []
+    for error in exc.errors():
+        key = "method." + ".".join(str(part) for part in error["loc"]) if error["loc"] else "method"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{key} is not an option of method.name={name}")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def head_modules(model: nn.Module) -> list[str]:
@@ -57,36 +67,17 @@ def head_modules(model: nn.Module) -> list[str]:
     return [name for name in HEAD_MODULE_NAMES if isinstance(getattr(model, name, None), nn.Module)]
 
 
-def build_peft_config(model: nn.Module, method_cfg: Any, task_kind: str) -> Any:
-    """The peft config for `method_cfg` (None for `full`)."""
-    fields = {k: v for k, v in as_dict(method_cfg).items() if v is not None}
-    name = fields.pop("name", None)
-    if name is None:
-        raise RunSetupError(f"method.name is not set; choose one of {', '.join(METHODS)}")
-    if name not in METHODS:
-        raise RunSetupError(f"method.name={name!r} is not a method; choose one of {', '.join(METHODS)}")
+def build_peft_config(model: nn.Module, method_cfg: BaseModel | Mapping[str, Any], task_kind: str) -> Any:
+    """The peft config for the `method` section (None for `full`)."""
+    section = method_section(method_cfg)
+    method = get_method(section.name)
     if task_kind not in _TASK_TYPES:
         raise RunSetupError(f"unknown task kind {task_kind!r}")
-    if name == "full":
-        if fields:
-            raise RunSetupError(
-                f"method.name=full takes no options, got method.{', method.'.join(sorted(fields))}; remove them"
-            )
+    if method.config_class is None:
         return None
-
-    config_cls = peft_config_class(name)
+    fields = {**section.model_dump(exclude={"name"}), **method.implied}
+    config_cls = method.load_config_class()
     accepted = {f.name for f in dataclasses.fields(config_cls)}
-    if name == "dora":
-        fields["use_dora"] = True
-    if name == "control":
-        fields["global_control"] = False
-    unknown = sorted(set(fields) - accepted)
-    if unknown:
-        raise RunSetupError(
-            f"method.{unknown[0]} is not an option of method.name={name} "
-            f"({config_cls.__name__}); unknown: {', '.join('method.' + k for k in unknown)}"
-        )
-
     task_type = _TASK_TYPES[task_kind]
     if "task_type" in accepted:
         fields.setdefault("task_type", task_type)
@@ -94,16 +85,13 @@ def build_peft_config(model: nn.Module, method_cfg: Any, task_kind: str) -> Any:
         # peft fills modules_to_save only for SEQ_CLS; a multiple-choice head must be listed explicitly.
         heads = head_modules(model)
         fields["modules_to_save"] = sorted(set(fields.get("modules_to_save") or []) | set(heads))
-    try:
-        return config_cls(**fields)
-    except (TypeError, ValueError) as exc:
-        raise RunSetupError(f"invalid method options for method.name={name}: {exc}") from exc
+    return config_cls(**fields)  # the schema already built it once, so this does not fail
 
 
-def apply_method(model: nn.Module, method_cfg: Any, task_kind: str) -> nn.Module:
+def apply_method(model: nn.Module, method_cfg: BaseModel | Mapping[str, Any], task_kind: str) -> nn.Module:
     """Wrap `model` for training with the configured method; returns the (peft) model to train."""
-    name = as_dict(method_cfg).get("name")
-    peft_config = build_peft_config(model, method_cfg, task_kind)
+    section = method_section(method_cfg)
+    peft_config = build_peft_config(model, section, task_kind)
     if peft_config is None:
         for param in model.parameters():
             param.requires_grad_(True)
@@ -118,12 +106,12 @@ def apply_method(model: nn.Module, method_cfg: Any, task_kind: str) -> nn.Module
             config = getattr(model, "config", None)
             # Read it the way peft does (to_dict), which is what its default-target lookup used.
             model_type = config.to_dict().get("model_type") if hasattr(config, "to_dict") else None
-            if name in ("moc", "control"):
+            if get_method(section.name).moc_family:
                 raise RunSetupError(
                     _moc_target_message(model, peft_config, model_type), "method.target_modules"
                 ) from exc
             raise RunSetupError(
-                f"method.name={name} has no default target modules for model_type={model_type!r}; "
+                f"method.name={section.name} has no default target modules for model_type={model_type!r}; "
                 "set method.target_modules, e.g. method.target_modules=[q_proj,v_proj] "
                 "(names of Linear layers in the model)"
             ) from exc

@@ -1,4 +1,4 @@
-"""The hard-coded allowed values match the installed transformers (they exist to keep config import light)."""
+"""The hard-coded allowed values match the installed transformers (they exist to keep the CLI light)."""
 
 from __future__ import annotations
 
@@ -67,61 +67,3 @@ def test_defaults_yaml_matches_schema_defaults() -> None:
                 continue
             assert field.get_default(call_default_factory=True) == value, f"{name}.{key}"
     assert data["seed"] == 42
-
-
-def test_moc_choices_and_fields_match_the_tuner() -> None:
-    import dataclasses
-
-    from moc_cli.config.schema import MocMethod
-    from moc_cli.tuner import config as tuner_config
-
-    assert choices.MOC_VARIANTS == tuner_config.VARIANTS
-    assert choices.ROUTER_SCOPES == tuner_config.ROUTER_SCOPES
-    assert choices.INIT_A == tuner_config.INIT_A
-    assert choices.EXPERT_COMPUTE == tuner_config.EXPERT_COMPUTE
-    tuner_fields = {f.name: f for f in dataclasses.fields(tuner_config.MocConfig)}
-    for name, field in MocMethod.model_fields.items():
-        if name == "name":
-            continue
-        assert name in tuner_fields, f"method.{name} is not a MocConfig field"
-        default = field.get_default(call_default_factory=True)
-        assert default == tuner_fields[name].default, f"method.{name}: {default!r} != MocConfig default"
-
-
-def test_method_fields_are_peft_config_fields() -> None:
-    """The runner passes method.* straight to the peft config: every key must exist there."""
-    import dataclasses
-
-    from peft import IA3Config, LoraConfig
-
-    from moc_cli.baselines.molex.config import ROUTING_CHOICES, MolexConfig
-    from moc_cli.config import METHOD_MODELS
-    from moc_cli.tuner.config import MocConfig
-
-    targets = {
-        "moc": MocConfig,
-        "control": MocConfig,
-        "lora": LoraConfig,
-        "dora": LoraConfig,
-        "ia3": IA3Config,
-        "molex": MolexConfig,
-    }
-    for name, model in METHOD_MODELS.items():
-        fields = set(model.model_fields) - {"name"}
-        if name == "full":
-            assert fields == set()
-            continue
-        accepted = {f.name for f in dataclasses.fields(targets[name])}
-        assert fields - accepted == set(), name
-    assert choices.MOLEX_ROUTING == ROUTING_CHOICES
-    molex_defaults = {f.name: f.default for f in dataclasses.fields(MolexConfig)}
-    for key, field in METHOD_MODELS["molex"].model_fields.items():
-        if key != "name":
-            assert field.get_default(call_default_factory=True) == molex_defaults[key], key
-
-
-def test_moc_layer_lists_match_the_architecture_map() -> None:
-    # Pre-flight names MoC's valid target_modules from this copy without importing torch.
-    from moc_cli.tuner.architectures import ARCHITECTURES
-
-    assert choices.MOC_LAYER_LISTS == {name: spec["layers"] for name, spec in ARCHITECTURES.items()}

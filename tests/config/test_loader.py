@@ -319,8 +319,8 @@ def test_cross_field_checks(recipes_root: Path) -> None:
             ],
         )
     assert _messages(exc) == [
-        "method.global_control: method 'control' has no router; set method.name=moc for global_control=true "
-        "[from override]",
+        "method.global_control: method.name=control always has global_control=False; choose another "
+        "method.name to change it [from override]",
         "training: bf16 and fp16 are both true; pick one; early_stopping_patience needs load_best_model_at_end=true "
         "[from override]",
     ]
