@@ -159,7 +159,7 @@ def _memory_estimate_report(cfg: Any) -> tuple[list[str], str | None]:
         from moc_cli.training.memory_estimate import GIB, estimate_memory
 
         imported = time.perf_counter()
-        estimate = estimate_memory(cfg.model_dump())
+        estimate = estimate_memory(cfg)
         estimated = time.perf_counter()
         available, where = _available_memory()
     lines = ["Memory estimate (training, one process):", *estimate.lines()]

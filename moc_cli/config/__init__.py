@@ -33,7 +33,14 @@ _LAZY = {
     "render_config": "moc_cli.config.render",
     **{
         name: "moc_cli.config.schema"
-        for name in ("DataSection", "ModelSection", "OutputSection", "RunConfig", "TaskSection", "TrainingSection")
+        for name in (
+            "DataSection",
+            "ModelSection",
+            "OutputSection",
+            "RunConfig",
+            "TaskSection",
+            "TrainingSection",
+        )
     },
 }
 

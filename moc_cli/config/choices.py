@@ -94,4 +94,3 @@ REPORT_TO = (
     "kubeflow",
 )
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
-

@@ -213,4 +213,3 @@ class RunConfig(Section):
     output: OutputSection = Field(
         default_factory=OutputSection, description="Run directory and console output."
     )
-

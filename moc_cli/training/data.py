@@ -5,38 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training._sections import as_dict
 from moc_cli.training.errors import RunSetupError
 
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
 
+    from moc_cli.config import DataSection, TaskSection
     from moc_cli.tasks.base import Task
 
 
-def load_task(task_cfg: Any) -> Task:
+def load_task(task_cfg: TaskSection) -> Task:
     """The registered task named by `task.name`, constructed with `task.options`."""
     from moc_cli.tasks.registry import get_task
 
-    cfg = as_dict(task_cfg)
-    return get_task(cfg["name"], cfg.get("options") or {})
+    return get_task(task_cfg.name, dict(task_cfg.options))
 
 
-def data_source(data_cfg: Any, task_cfg: Any, seed: int) -> Any:
+def data_source(data: DataSection, task_cfg: TaskSection, seed: int) -> Any:
     """The `DataSource` for the `data:` section (task options travel along for loaders that need them)."""
     from moc_cli.tasks.base import DataSource
 
-    data = as_dict(data_cfg)
     return DataSource(
-        path=data.get("path"),
-        name=data.get("name"),
-        files=data.get("files"),
-        max_train_samples=data.get("max_train_samples"),
-        max_eval_samples=data.get("max_eval_samples"),
-        max_test_samples=data.get("max_test_samples"),
+        path=data.path,
+        name=data.name,
+        files=data.files,
+        max_train_samples=data.max_train_samples,
+        max_eval_samples=data.max_eval_samples,
+        max_test_samples=data.max_test_samples,
         seed=seed,
-        options=dict(as_dict(task_cfg).get("options") or {}),
+        options=dict(task_cfg.options),
     )
 
 
@@ -70,11 +68,16 @@ def _is_labelled(label: Any) -> bool:
 
 
 def load_run_data(
-    task: Task, data_cfg: Any, task_cfg: Any, seed: int, tokenizer: PreTrainedTokenizerBase, need_train: bool
+    task: Task,
+    data_cfg: DataSection,
+    task_cfg: TaskSection,
+    seed: int,
+    tokenizer: PreTrainedTokenizerBase,
+    need_train: bool,
 ) -> RunData:
     """Load, validate and tokenize the task's data."""
     raw = task.load(data_source(data_cfg, task_cfg, seed))
-    features = task.preprocess(raw, tokenizer, int(as_dict(task_cfg).get("max_length") or 128))
+    features = task.preprocess(raw, tokenizer, task_cfg.max_length)
     train_split = task.train_split if task.train_split in features else None
     if need_train and train_split is None:
         raise RunSetupError(

@@ -125,7 +125,7 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
     from moc_cli.training.arguments import training_arguments
     from moc_cli.training.callbacks import should_show_bar
     from moc_cli.training.data import load_run_data, load_task
-    from moc_cli.training.runner import evaluate_split, generation_metrics, quiet_progress
+    from moc_cli.training.scoring import evaluate_split, generation_metrics, quiet_progress
 
     adapter, config_path, out_root = locate(Path(path))
     cfg = _load_config(config_path, adapter, list(overrides or []))
@@ -134,10 +134,10 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
     show_bar = progress != "none" and should_show_bar(None if progress == "auto" else progress == "bar")
     quiet_progress(show_bar)
 
-    task = load_task(cfg_data["task"])
+    task = load_task(cfg.task)
     model, tokenizer = _build_eval_model(cfg_data, task, adapter)
-    seed = int(cfg_data.get("seed", 42))
-    data = load_run_data(task, cfg_data.get("data"), cfg_data["task"], seed, tokenizer, need_train=False)
+    seed = cfg.seed
+    data = load_run_data(task, cfg.data, cfg.task, seed, tokenizer, need_train=False)
     split = split or (task.eval_splits[0] if task.eval_splits else None)
     if split is None or split not in data.features:
         available = ", ".join(data.features) or "none"

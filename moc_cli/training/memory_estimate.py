@@ -13,10 +13,12 @@ within about 1% of the CPU kernel at short lengths (eager attention matches exac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moc_cli.training._sections import as_dict
 from moc_cli.training.errors import RunSetupError
+
+if TYPE_CHECKING:
+    from moc_cli.config import RunConfig
 
 GIB = 2**30
 MIB = 2**20
@@ -97,8 +99,8 @@ def meta_batch(task_kind: str, batch_size: int, seq_len: int) -> dict[str, Any]:
     return {"input_ids": torch.empty(shape, dtype=torch.long, device=meta), "labels": labels}
 
 
-def estimate_memory(cfg_data: dict[str, Any]) -> MemoryEstimate:
-    """Estimate for a resolved run config (`RunConfig.model_dump()`); raises RunSetupError."""
+def estimate_memory(cfg: RunConfig) -> MemoryEstimate:
+    """Estimate for a resolved run config; raises RunSetupError."""
     import torch
     from transformers import AutoConfig
 
@@ -112,10 +114,9 @@ def estimate_memory(cfg_data: dict[str, Any]) -> MemoryEstimate:
     )
     from moc_cli.tuner.profiling import saved_tensor_bytes
 
-    task = load_task(cfg_data["task"])
-    model_cfg = as_dict(cfg_data["model"])
-    training = as_dict(cfg_data.get("training"))
-    name = model_cfg.get("name_or_path")
+    task = load_task(cfg.task)
+    model_cfg, training = cfg.model, cfg.training
+    name = model_cfg.name_or_path
     if not name:
         raise RunSetupError("model.name_or_path is not set; the estimate needs the model's config")
     source = resolve_source(str(name))
@@ -137,18 +138,18 @@ def estimate_memory(cfg_data: dict[str, Any]) -> MemoryEstimate:
         config.pad_token_id = eos[0] if isinstance(eos, list) else (eos if eos is not None else 0)
     with torch.device("meta"):
         model = auto_model_class(task).from_config(config, **kwargs)
-    model = apply_method(model, cfg_data["method"], task.kind)
-    if training.get("gradient_checkpointing"):
+    model = apply_method(model, cfg.method, task.kind)
+    if training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
 
-    batch_size = int(training.get("per_device_train_batch_size") or 8)
-    seq_len = int(as_dict(cfg_data["task"]).get("max_length") or 128)
+    batch_size = training.per_device_train_batch_size
+    seq_len = cfg.task.max_length
     batch = meta_batch(task.kind, batch_size, seq_len)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     saved = saved_tensor_bytes(lambda: model(**batch).loss, exclude=[*params, *model.buffers()])
-    optim = str(training.get("optim") or "adamw_torch")
+    optim = training.optim
     optimizer_bytes, optimizer_note = optimizer_state_bytes(optim, trainable)
     return MemoryEstimate(
         total_params=sum(p.numel() for p in params),
@@ -160,5 +161,5 @@ def estimate_memory(cfg_data: dict[str, Any]) -> MemoryEstimate:
         activation_bytes=saved.total_bytes,
         batch_shape=tuple(batch["input_ids"].shape),
         optimizer=optimizer_note,
-        gradient_checkpointing=bool(training.get("gradient_checkpointing")),
+        gradient_checkpointing=training.gradient_checkpointing,
     )

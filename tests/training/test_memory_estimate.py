@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from moc_cli.config import load_run_config
+from moc_cli.config import RunConfig, load_run_config
 from moc_cli.testing import save_tiny_model
 from moc_cli.training.memory_estimate import estimate_memory, optimizer_state_bytes
 from moc_cli.training.methods import apply_method
@@ -17,7 +17,7 @@ from moc_cli.tuner.profiling import saved_tensor_bytes
 BATCH, LENGTH = 4, 16
 
 
-def _config(model_dir: Path, task: str, method: list[str]) -> dict:
+def _config(model_dir: Path, task: str, method: list[str]) -> RunConfig:
     cfg, _ = load_run_config(
         None,
         None,
@@ -30,7 +30,7 @@ def _config(model_dir: Path, task: str, method: list[str]) -> dict:
             *method,
         ],
     )
-    return cfg.model_dump()
+    return cfg
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_estimate_counts_what_a_real_step_saves(
         real = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention)
         ids = torch.randint(1, 50, (BATCH, LENGTH))
         batch = {"input_ids": ids, "labels": ids}
-    real = apply_method(real, cfg["method"], "seq_cls" if kind == "bert" else "causal_lm")
+    real = apply_method(real, cfg.method, "seq_cls" if kind == "bert" else "causal_lm")
     real.train()
     params = list(real.parameters())
     measured = saved_tensor_bytes(lambda: real(**batch).loss, exclude=[*params, *real.buffers()]).total_bytes

@@ -9,7 +9,7 @@ import pytest
 from moc_cli.training.checkpointing import config_drift
 from moc_cli.training.errors import RunSetupError
 from moc_cli.training.run_dir import RunDir, check_run_dir, clear_run_dir, replace_dir, temp_dir_beside
-from moc_cli.training.runner import resume_checkpoint
+from moc_cli.training.run_root import resume_checkpoint
 
 
 def make_checkpoint(root: Path, step: int, complete: bool = True) -> Path:

@@ -251,16 +251,19 @@ def test_eval_rejects_splits_without_data(reference_run: dict) -> None:
 
 def test_resume_refuses_frozen_changes_and_applies_cadence(reference_run: dict) -> None:
     from moc_cli.training.run_dir import RunDir
-    from moc_cli.training.runner import check_resume_config
+    from moc_cli.config import RunConfig
+    from moc_cli.training.run_root import check_resume_config
 
     run = RunDir(reference_run["run"])
-    saved = yaml.safe_load(run.config.read_text())
-    changed = {**saved, "seed": 7, "training": {**saved["training"], "max_steps": 9}}
+    saved = RunConfig.model_validate(yaml.safe_load(run.config.read_text()))
+    changed = saved.model_copy(update={"seed": 7}, deep=True)
+    changed.training.max_steps = 9
     with pytest.raises(RunSetupError) as info:
         check_resume_config(run, changed)
     assert "\n      seed: 42 -> 7\n" in str(info.value)
     assert "max_steps" not in str(info.value)
-    longer = {**saved, "training": {**saved["training"], "max_steps": 9}}
+    longer = saved.model_copy(deep=True)
+    longer.training.max_steps = 9
     assert check_resume_config(run, longer) == ["training.max_steps: 8 -> 9"]
 
 
@@ -296,10 +299,10 @@ def test_classification_loss_does_not_grow_with_gradient_accumulation(
 
 def test_a_key_added_to_the_schema_since_a_run_was_saved_is_not_a_resume_change(make_config) -> None:
     from moc_cli.training.checkpointing import split_drift
-    from moc_cli.training.runner import config_dict, with_schema_defaults
+    from moc_cli.training.run_root import with_schema_defaults
 
-    current = config_dict(make_config())
-    saved = config_dict(make_config())
+    current = make_config().model_dump(mode="json")
+    saved = make_config().model_dump(mode="json")
     del saved["model"]["allow_pickle"]  # a config.yaml written before the key existed
     assert split_drift(saved, current)[0] == ["model.allow_pickle: (unset) -> False"]
     assert split_drift(with_schema_defaults(saved), current) == ([], [])
