@@ -106,7 +106,7 @@ def test_train_calls_the_runner_with_config_provenance_and_resume(
     assert prov["training.max_steps"] == f"file:{user}"
     assert prov["method.r"] == "override"
     assert resume == "auto"
-    # The runner's summary names the folder; the CLI adds only the next commands (issue 18, item 25).
+    # The runner's summary names the folder; the CLI adds only the next commands.
     assert (
         result.stdout.splitlines()[-1]
         == f"next: moc eval {runner.run_dir}   |   moc merge-export {runner.run_dir}"

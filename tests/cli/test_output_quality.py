@@ -1,4 +1,4 @@
-"""Output a person reads (issue 18, items 24, 26, 28, 29 and 31): no library noise, progress lines
+"""Output a person reads: no library noise, progress lines
 for runs of any length, readable plots, a portable adapter card and `moc eval` naming its split.
 
 End to end on a tiny BERT trained on CoLA for 4 steps with the default `logging_steps` (50).

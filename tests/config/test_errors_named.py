@@ -1,4 +1,4 @@
-"""Errors that name the problem and the fix (issue 18, items 15-17 and 20-23), end to end through
+"""Errors that name the problem and the fix, end to end through
 `moc validate` / `moc train` on a tiny 6-layer BERT with 64 positions, before anything loads."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`moc predict` inputs and damaged files (issue 18, items 19 and 30), end to end on a tiny CoLA run.
+"""`moc predict` inputs and damaged files, end to end on a tiny CoLA run.
 
 The input is echoed beside each prediction, the task's own data files work as --file, empty inputs
 are errors, the --file help is whole, and a damaged bundle or adapter is one line naming the file.
