@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training._sections import as_dict
 from moc_cli.training.errors import RunSetupError
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments
 
+    from moc_cli.config import TrainingSection
     from moc_cli.tasks.base import Task
 
 # Keys of the training section handled by the runner rather than TrainingArguments.
@@ -40,7 +41,7 @@ def world_size() -> int:
 
 
 def training_arguments(
-    training_cfg: Any,
+    training_cfg: TrainingSection | Mapping[str, Any],
     *,
     output_dir: Path,
     seed: int,
@@ -52,7 +53,9 @@ def training_arguments(
     """TrainingArguments for a run: user values pass through, the runner owns paths, seeds and reporting."""
     from transformers import TrainingArguments
 
-    kwargs = {k: v for k, v in as_dict(training_cfg).items() if k not in RUNNER_KEYS}
+    # A plain mapping is accepted too (library use), and checked against TrainingArguments below.
+    values = dict(training_cfg) if isinstance(training_cfg, Mapping) else training_cfg.model_dump()
+    kwargs = {k: v for k, v in values.items() if k not in RUNNER_KEYS}
     accepted = {f.name for f in dataclasses.fields(TrainingArguments)}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:

@@ -6,10 +6,13 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moc_cli.training.errors import RunSetupError
 from moc_cli.training.run_dir import write_json
+
+if TYPE_CHECKING:
+    from moc_cli.config import RunConfig
 
 
 def locate(path: Path) -> tuple[Path, Path | None, Path]:
@@ -58,7 +61,7 @@ def eval_target(path: Path, split: str | None, overrides: list[str]) -> str:
     return splits[0]
 
 
-def _load_config(config_path: Path | None, adapter: Path, overrides: list[str]) -> Any:
+def _load_config(config_path: Path | None, adapter: Path, overrides: list[str]) -> RunConfig:
     from moc_cli.config import load_run_config
 
     if config_path is not None:
@@ -82,21 +85,21 @@ def _load_config(config_path: Path | None, adapter: Path, overrides: list[str]) 
     return cfg
 
 
-def _build_eval_model(cfg_data: dict[str, Any], task: Any, adapter: Path) -> tuple[Any, Any]:
+def _build_eval_model(cfg: RunConfig, task: Any, adapter: Path) -> tuple[Any, Any]:
     """(model, tokenizer): base + adapter for peft runs, the saved model itself for full fine-tuning."""
     import transformers
 
     from moc_cli.training.model_factory import build_model, build_tokenizer, resolve_source
 
-    transformers.set_seed(int(cfg_data.get("seed", 42)))
+    transformers.set_seed(cfg.seed)
     # Trainer saved the run's tokenizer (pad token included) next to the adapter; prefer it.
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
     if (adapter / "adapter_config.json").is_file():
         adapter_cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-        name = cfg_data["model"]["name_or_path"] or adapter_cfg.get("base_model_name_or_path")
+        name = cfg.model.name_or_path or adapter_cfg.get("base_model_name_or_path")
         source = resolve_source(str(name))
-        tokenizer = build_tokenizer(str(adapter) if has_tokenizer else source, cfg_data["model"])
-        base = build_model(source, task, cfg_data["model"], tokenizer)
+        tokenizer = build_tokenizer(str(adapter) if has_tokenizer else source, cfg.model)
+        base = build_model(source, task, cfg.model, tokenizer)
         from peft import PeftModel
 
         from moc_cli.reliability.compat import AdapterMismatchError, check_adapter_compatible
@@ -109,8 +112,8 @@ def _build_eval_model(cfg_data: dict[str, Any], task: Any, adapter: Path) -> tup
             raise RunSetupError(f"{exc} Or pass model.name_or_path=<that base>.") from exc
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     else:
-        tokenizer = build_tokenizer(str(adapter), cfg_data["model"])
-        model = build_model(str(adapter), task, cfg_data["model"], tokenizer)
+        tokenizer = build_tokenizer(str(adapter), cfg.model)
+        model = build_model(str(adapter), task, cfg.model, tokenizer)
     model.eval()
     return model, tokenizer
 
@@ -129,13 +132,12 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
 
     adapter, config_path, out_root = locate(Path(path))
     cfg = _load_config(config_path, adapter, list(overrides or []))
-    cfg_data = cfg.model_dump(mode="json")
-    progress = cfg_data.get("output", {}).get("progress", "auto")
+    progress = cfg.output.progress
     show_bar = progress != "none" and should_show_bar(None if progress == "auto" else progress == "bar")
     quiet_progress(show_bar)
 
     task = load_task(cfg.task)
-    model, tokenizer = _build_eval_model(cfg_data, task, adapter)
+    model, tokenizer = _build_eval_model(cfg, task, adapter)
     seed = cfg.seed
     data = load_run_data(task, cfg.data, cfg.task, seed, tokenizer, need_train=False)
     split = split or (task.eval_splits[0] if task.eval_splits else None)
@@ -150,9 +152,10 @@ def run_eval(path: Path, split: str | None, overrides: list[str]) -> dict[str, f
         )
 
     eval_dir = out_root / "eval"
-    training_cfg = dict(cfg_data.get("training") or {})
     # Same eval batch size and precision as at train time, so the numbers reproduce exactly.
-    training_cfg.update(report_to=["none"], load_best_model_at_end=False, metric_for_best_model=None)
+    training_cfg = cfg.training.model_copy(
+        update={"report_to": ["none"], "load_best_model_at_end": False, "metric_for_best_model": None}
+    )
     args = training_arguments(
         training_cfg,
         output_dir=eval_dir,
