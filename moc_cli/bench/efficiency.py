@@ -162,7 +162,7 @@ def saved_bytes_of_step(model: Any, batch: dict[str, Any]) -> int:
     Uses the tuner's profiler, so the benchmark and the tuner tests measure the same thing. The
     backward of the measured step runs too, so the graph is freed as in a normal step.
     """
-    from moc_cli.tuner.profiling import saved_tensor_bytes
+    from moc_cli.profiling import saved_tensor_bytes
 
     measured = saved_tensor_bytes(lambda: model(**batch).loss, exclude=list(model.parameters()))
     measured.result.backward()

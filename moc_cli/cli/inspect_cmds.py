@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import platform
-import subprocess
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -180,57 +177,27 @@ def _memory_estimate_report(cfg: Any) -> tuple[list[str], str | None]:
     return lines, warning
 
 
-def _version(dist: str) -> str | None:
+def _moc_cli_version() -> str:
+    import importlib.metadata
+
     try:
-        return importlib.metadata.version(dist)
+        return importlib.metadata.version("moc_cli")
     except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git_sha(repo: Path) -> str | None:
-    if not (repo / ".git").exists():
-        return None
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}{' (modified)' if dirty else ''}"
+        return f"{getattr(sys.modules.get('moc_cli'), '__version__', '?')} (source tree)"
 
 
 def collect_env() -> dict[str, Any]:
     """Versions and devices for bug reports (imports torch, nothing else heavy)."""
-    repo = Path(__file__).resolve().parents[2]
+    from moc_cli import environment
+
+    installed = environment.versions((*environment.CORE_DISTRIBUTIONS[1:], "typer", "pydantic"))
     info: dict[str, Any] = {
-        "moc_cli": _version("moc_cli")
-        or f"{getattr(sys.modules.get('moc_cli'), '__version__', '?')} (source tree)",
-        "moc_cli git": _git_sha(repo) or "n/a",
+        "moc_cli": _moc_cli_version(),
+        "moc_cli git": environment.git_sha(short=True, mark_dirty=True) or "n/a",
         "python": f"{platform.python_version()} ({sys.executable})",
         "platform": platform.platform(),
     }
-    for dist in (
-        "torch",
-        "transformers",
-        "peft",
-        "accelerate",
-        "datasets",
-        "safetensors",
-        "typer",
-        "pydantic",
-    ):
-        info[dist] = _version(dist) or "not installed"
+    info |= {dist: version or "not installed" for dist, version in installed.items()}
     try:
         import torch
     except ImportError:

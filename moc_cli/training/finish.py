@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training.run_dir import RunDir, replace_dir, version_of, write_json
+from moc_cli.environment import versions
+from moc_cli.training.run_dir import RunDir, replace_dir, write_json
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -125,7 +126,7 @@ def finish(ctx: RunContext, parts: TrainingParts) -> Path:
         save_final_adapter(trainer, run, None)
         return run.root
 
-    versions = {dist: version_of(dist) for dist in ("moc_cli", "peft", "transformers", "torch")}
+    used = versions(("moc_cli", "peft", "transformers", "torch"))
     card = render_model_card(
         base_model=parts.source,
         base_model_name=cfg.model.name_or_path,
@@ -136,7 +137,7 @@ def finish(ctx: RunContext, parts: TrainingParts) -> Path:
         metrics=split_metrics.get(main_split, {}) if main_split else {},
         trainable_params=parts.trainable,
         total_params=parts.total,
-        versions=versions,
+        versions=used,
         auto_class=_auto_class_name(task),
     )
     save_final_adapter(trainer, run, card)

@@ -112,7 +112,7 @@ def estimate_memory(cfg: RunConfig) -> MemoryEstimate:
         model_kwargs,
         resolve_source,
     )
-    from moc_cli.tuner.profiling import saved_tensor_bytes
+    from moc_cli.profiling import saved_tensor_bytes
 
     task = load_task(cfg.task)
     model_cfg, training = cfg.model, cfg.training

@@ -12,16 +12,15 @@ import platform
 import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from moc_cli.environment import cuda_devices, git_sha, versions
 from moc_cli.training.errors import RunSetupError
 
 # Everything a run writes at the top level of its directory; `--overwrite` removes only these.
@@ -303,35 +302,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _git_sha() -> str | None:
-    """The commit of the moc_cli source tree, when it runs from a git checkout."""
-    package_dir = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(package_dir), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def version_of(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        if dist == "moc_cli":  # running from a source checkout that is not pip-installed
-            import moc_cli
-
-            return getattr(moc_cli, "__version__", None)
-        return None
-
-
 def environment_record(seed: int | None, provenance: dict[str, str] | None) -> dict[str, Any]:
     """Versions, git sha, seed and command line: what a bug report or a reproduction needs."""
     import torch
@@ -340,14 +310,11 @@ def environment_record(seed: int | None, provenance: dict[str, str] | None) -> d
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "seed": seed,
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {
-            dist: version_of(dist)
-            for dist in ("moc_cli", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors")
-        },
+        "versions": versions(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "devices": cuda_devices(),
         "provenance": dict(provenance or {}),
     }

@@ -1,9 +1,10 @@
 """Mixture-of-Control (MoC) as a custom peft tuner.
 
-Modules: `config` (MocConfig, documented choices), `architectures` (declarative site map),
-`functional` (fused sparse / dense expert mixture), `state` (shared parameters and per-forward
-runtime: routing, balance loss, statistics), `layer` (parameter-free wrappers of writers and taps),
-`model` (MocModel, the peft tuner), `profiling` (bytes saved for backward).
+Laid out like peft's own tuners: `config` (MocConfig), `layer` (parameter-free wrappers of the
+writers and taps), `model` (MocModel, the tuner, and the routing-statistics functions). Beside them:
+`architectures` (the declarative site map), `state` (an adapter's trainable tensors), `routing`
+(the per-model `ControlContext`: routing, balance loss, statistics) and `functional` (the fused
+sparse / dense expert mixture and its `KernelPolicy`). The method: docs/moc-method.md.
 
 `register_moc()` (run when this package is imported, which `import moc_cli` arranges) registers MoC with peft through its own `str` Enum
 `MocPeftType` and the three peft mapping dicts (no enum internals), idempotently. Every process
@@ -12,15 +13,13 @@ that loads a saved MoC adapter must `import moc_cli` first.
 
 from __future__ import annotations
 
-from typing import Any
-
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-from torch import nn
 
 from .architectures import ARCHITECTURES
 from .config import MocConfig, MocPeftType
+from .functional import DEFAULT_KERNEL_POLICY, KernelPolicy, dense_mixture, sparse_mixture
 from .layer import MERGE_ERROR, MocLayer, MocSiteLayer, MocTapLayer
-from .model import MocModel
+from .model import MocModel, find_moc_model, reset_routing_stats, routing_stats
 
 
 def register_moc() -> None:
@@ -32,43 +31,23 @@ def register_moc() -> None:
     PEFT_TYPE_TO_TUNER_MAPPING[MocPeftType.MOC] = MocModel
 
 
-def _find_tuner(model: nn.Module) -> MocModel:
-    if isinstance(model, MocModel):
-        return model
-    for module in model.modules():
-        if isinstance(module, MocModel):
-            return module
-    raise ValueError(f"{type(model).__name__} carries no MoC adapter (no MocModel inside).")
-
-
-def routing_stats(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
-    """Routing statistics of a MoC model since the last reset.
-
-    Returns `{"balance_loss": float | None (last forward), "expert_usage": {router key: [[top-1 picks
-    per expert] per layer]}, "routing_entropy": float | None (mean over routed tokens),
-    "routing_matrix": {router key: L x E fractions}}`. Padding tokens are excluded. Router keys:
-    `ffn`, `attn`, or `block` (shared router of `both-shared` and the `block` variant).
-    """
-    return _find_tuner(model).routing_stats(adapter_name)
-
-
-def reset_routing_stats(model: nn.Module) -> None:
-    """Clear the accumulated routing statistics of a MoC model."""
-    _find_tuner(model).reset_routing_stats()
-
-
 register_moc()
 
 __all__ = [
     "ARCHITECTURES",
+    "DEFAULT_KERNEL_POLICY",
     "MERGE_ERROR",
+    "KernelPolicy",
     "MocConfig",
     "MocLayer",
     "MocModel",
     "MocPeftType",
     "MocSiteLayer",
     "MocTapLayer",
+    "dense_mixture",
+    "find_moc_model",
     "register_moc",
     "reset_routing_stats",
     "routing_stats",
+    "sparse_mixture",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -140,13 +140,26 @@ class ArchSpec:
         return cls(layers=layers, sites=sites)
 
 
+RoleKind = Literal["writer", "tap"]
+
+
 @dataclass(frozen=True)
 class Role:
-    """What a targeted module does for MoC: a `writer` of `site` or a `tap` feeding it, at `pos`."""
+    """What one targeted module does for MoC.
 
-    kind: str  # "writer" | "tap"
+    - `kind="writer"`: its output receives `+ c(u)` for `site` (`MocSiteLayer` wraps it); `arg`
+      says which of its arguments is `u`, or None when a tap supplies it.
+    - `kind="tap"`: it only *reads*: its input is the `u` of a pre-LN site (the sub-block's norm
+      sees the residual state before the writer runs), and `MocTapLayer` stashes that input for the
+      writer of the same layer. Its output is untouched.
+
+    `layer` is the controlled layer's index in the plan, which is also the index of that layer's
+    own (local) expert in the pools.
+    """
+
+    kind: RoleKind
     site: str
-    pos: int
+    layer: int
     arg: tuple[int, str] | None = None
 
 
@@ -249,7 +262,7 @@ def resolve_plan(model: nn.Module, config: Any) -> Plan:
         )
     roles: dict[str, Role] = {}
     modules = dict(model.named_modules())
-    for pos, layer in enumerate(layer_names):
+    for index, layer in enumerate(layer_names):
         for site in sites:
             s = SiteSpec(**BLOCK_SITE) if site == "block" else spec.sites[site]
             writer = f"{layer}.{s.writer}" if s.writer else layer
@@ -258,7 +271,7 @@ def resolve_plan(model: nn.Module, config: Any) -> Plan:
                     f"MoC site '{site}' expects module '{writer}' (writer '{s.writer}') in model_type "
                     f"'{model_type}', which does not exist; fix MocConfig.architecture."
                 )
-            roles[writer] = Role("writer", site, pos, s.arg)
+            roles[writer] = Role("writer", site, index, s.arg)
             if s.tap is not None:
                 tap = f"{layer}.{s.tap}"
                 if tap not in modules:
@@ -266,5 +279,5 @@ def resolve_plan(model: nn.Module, config: Any) -> Plan:
                         f"MoC site '{site}' reads u at the input of '{tap}', which does not exist in model_type "
                         f"'{model_type}'; fix MocConfig.architecture."
                     )
-                roles[tap] = Role("tap", site, pos)
+                roles[tap] = Role("tap", site, index)
     return Plan(model_type, layer_names, sites, roles, _hidden_size(model))

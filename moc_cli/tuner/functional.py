@@ -15,7 +15,7 @@ Two implementations:
   numbers per token per site, plus, for wide pools, the expert layout's index tensors (a few
   integers per token); the backward recomputes every other temporary. How it computes depends on
   the pool width E*r:
-  - narrow pools (E*r < `GROUPED_MIN_WIDTH`, e.g. MiniLM's 6 layers at r=16): every token is
+  - narrow pools (E*r < `KernelPolicy.grouped_min_width`, e.g. MiniLM's 6 layers at r=16): every token is
     projected through all E*r rows of `A` at once and the chosen r-wide slices are gathered; the
     work grows with E, which is cheap at this width.
   - wide pools (e.g. SmolLM2's 30 layers): a column where every token uses one expert (the local
@@ -37,6 +37,7 @@ is on, else `u.dtype`. The original `u` is saved, never a cast copy.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,28 +56,50 @@ def compute_dtype(u: torch.Tensor) -> torch.dtype:
     return u.dtype
 
 
-# Pool width E*r from which routed columns are computed per expert (else all rows at once). From
-# `benchmarks/kernels.py` on CPU: the all-rows projection wins for MiniLM's pools (E=6, r=16: 96),
-# the per-expert segments from about 160 (SmolLM2's E=30, r=16: 480).
-GROUPED_MIN_WIDTH = 160
-# Device types where wide pools go per expert at all. On a GPU (`benchmarks/results/kernels_cuda.md`,
-# H200, bf16, 4096 tokens) the all-rows projection took 0.5-0.6x the per-expert time at every pool
-# up to E*r = 512: the GPU is idle during such small products, so the sort, the segment
-# bookkeeping and the host reads of the per-expert path cost more than the E*r-wide products save.
-# Both paths save the same r-wide projections for backward.
-PER_EXPERT_DEVICE_TYPES = ("cpu",)
+@dataclass(frozen=True)
+class KernelPolicy:
+    """When `sparse_mixture` computes routed columns per expert, and when `expert_compute="auto"`
+    takes the sparse function without grad. Both produce the same numbers; the policy only picks the
+    faster formulation for a pool width E*r, a token count and a device type.
+
+    The defaults come from `benchmarks/kernels.py` (reports in `benchmarks/results/kernels*.md`):
+
+    - `grouped_min_width`: on CPU the all-rows projection wins for MiniLM's pools (E=6, r=16: 96),
+      the per-expert segments from about 160 (SmolLM2's E=30, r=16: 480).
+    - `per_expert_device_types`: on a GPU (H200, bf16, 4096 tokens) the all-rows projection took
+      0.5-0.6x the per-expert time at every pool up to E*r = 512: the GPU is idle during such small
+      products, so the sort, the segment bookkeeping and the host reads of the per-expert path cost
+      more than the E*r-wide products save. Both paths save the same r-wide projections.
+    - `sparse_inference_*`: under no grad nothing is saved, so "auto" takes the faster function. On
+      CPU the per-expert segments take 0.3-0.6x the dense time for SmolLM2's pools at 4x128 and
+      16x128 tokens and 0.76x for BERT-base's (E*r = 192, 16x128); dense wins for MiniLM's narrow
+      pool and for decoding-sized inputs (a few tokens spread over 30 experts). On a GPU dense took
+      0.5-0.8x the sparse time at every measured shape, so "auto" runs dense there.
+
+    Benchmarks compare formulations by passing another policy, e.g.
+    `KernelPolicy(grouped_min_width=math.inf)` for the all-rows projection everywhere.
+    """
+
+    grouped_min_width: float = 160
+    per_expert_device_types: tuple[str, ...] = ("cpu",)
+    sparse_inference_min_width: float = 160
+    sparse_inference_min_tokens_per_expert: int = 4
+
+    def per_expert(self, device_type: str, e: int, r: int) -> bool:
+        """Whether routed columns of a pool of E experts of rank r go per expert on this device type."""
+        return e * r >= self.grouped_min_width and device_type in self.per_expert_device_types
+
+    def sparse_without_grad(self, device_type: str, tokens: int, e: int, r: int) -> bool:
+        """The no-grad choice of `expert_compute="auto"` for `tokens` tokens over E experts of rank r
+        (the kernel benchmark's reports print it per measured shape)."""
+        return (
+            device_type == "cpu"
+            and e * r >= self.sparse_inference_min_width
+            and tokens >= self.sparse_inference_min_tokens_per_expert * e
+        )
 
 
-# Under no grad nothing is saved, so `expert_compute="auto"` takes whichever formulation is faster.
-# From `benchmarks/kernels.py` on CPU (`kernels.md`): per-expert segments take 0.3-0.6x the dense
-# time for SmolLM2's pools (E*r = 480) at 4x128 and 16x128 tokens and 0.76x for BERT-base's (E*r =
-# 192, 16x128), while dense wins for MiniLM's narrow pool (96) and for decoding-sized inputs (a few
-# tokens spread over 30 experts), hence the same width as the per-expert rule above. On a GPU
-# (`benchmarks/results/kernels_cuda.md`, H200, bf16) dense took 0.5-0.8x the sparse function's time
-# at every measured shape, from decoding 8 sequences to 4096 tokens over 32 experts: "auto" runs
-# dense there.
-SPARSE_INFERENCE_MIN_WIDTH = GROUPED_MIN_WIDTH
-SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT = 4
+DEFAULT_KERNEL_POLICY = KernelPolicy()
 
 
 def _fits_grouped_mm(mat: torch.Tensor) -> bool:
@@ -119,19 +142,11 @@ def grouped_mm_runs(device: torch.device, dtype: torch.dtype) -> bool:
     return _GROUPED_MM_RUNS[key]
 
 
-def sparse_is_faster_without_grad(idx: torch.Tensor, e: int, r: int) -> bool:
+def sparse_is_faster_without_grad(
+    idx: torch.Tensor, e: int, r: int, policy: KernelPolicy = DEFAULT_KERNEL_POLICY
+) -> bool:
     """Whether `sparse_mixture` beats `dense_mixture` for a no-grad forward of these assignments."""
-    return _may_read_values(idx) and sparse_rule_without_grad(idx.device.type, idx.shape[0], e, r)
-
-
-def sparse_rule_without_grad(device_type: str, tokens: int, e: int, r: int) -> bool:
-    """The no-grad choice of `expert_compute="auto"` for `tokens` tokens over a pool of E experts
-    of rank r on a device type (the kernel benchmark's reports print it per measured shape)."""
-    return (
-        device_type == "cpu"
-        and e * r >= SPARSE_INFERENCE_MIN_WIDTH
-        and tokens >= SPARSE_INFERENCE_MIN_TOKENS_PER_EXPERT * e
-    )
+    return _may_read_values(idx) and policy.sparse_without_grad(idx.device.type, idx.shape[0], e, r)
 
 
 def _may_read_values(idx: torch.Tensor) -> bool:
@@ -236,17 +251,19 @@ class _Segments:
             grad[j].addmm_(x[start:end].t(), y[start:end])
 
 
-def _layouts(idx: torch.Tensor, e: int, r: int) -> list[tuple[list[int], _Segments | None]]:
+def _layouts(
+    idx: torch.Tensor, e: int, r: int, policy: KernelPolicy
+) -> list[tuple[list[int], _Segments | None]]:
     """Groups of columns of `idx` computed together, each with its expert segments (None: the
     all-rows projection).
 
-    Narrow pools, GPUs (`PER_EXPERT_DEVICE_TYPES`), no tokens, and inputs whose values may not be
+    Narrow pools, GPUs (`KernelPolicy.per_expert_device_types`), no tokens, and inputs whose values may not be
     read, are one all-rows group. Wide pools on the CPU give
     each column where every token uses one expert (the local control) a group of its own, a plain
     matmul, and sort the routed columns together by expert.
     """
     n, m = idx.shape
-    per_expert = e * r >= GROUPED_MIN_WIDTH and idx.device.type in PER_EXPERT_DEVICE_TYPES
+    per_expert = policy.per_expert(idx.device.type, e, r)
     # no tokens (an empty batch or shard): nothing to sort, and the all-rows path handles N = 0
     if not per_expert or n == 0 or not _may_read_values(idx):
         return [(list(range(m)), None)]
@@ -369,6 +386,7 @@ class _SparseMixture(torch.autograd.Function):
         coef: torch.Tensor,
         scale: float,
         cdt: torch.dtype,
+        policy: KernelPolicy,
     ) -> torch.Tensor:
         e, r, _ = a_pool.shape
         with autocast_off(u.device.type):
@@ -377,7 +395,7 @@ class _SparseMixture(torch.autograd.Function):
             # into slices of an uninitialised buffer
             z_cols: dict[int, torch.Tensor] = {}
             out: torch.Tensor | None = None
-            layouts = _layouts(idx, e, r)
+            layouts = _layouts(idx, e, r, policy)
             for cols, seg in layouts:
                 out, z = _group_forward(u_c, a_c, bt_c, _columns(idx, cols), _columns(coef_c, cols), seg, out)
                 z_cols.update((j, z[:, i]) for i, j in enumerate(cols))
@@ -440,6 +458,7 @@ class _SparseMixture(torch.autograd.Function):
             back(grad_coef, coef),
             None,
             None,
+            None,
         )
 
 
@@ -450,9 +469,12 @@ def sparse_mixture(
     idx: torch.Tensor,
     coef: torch.Tensor,
     scale: float,
+    policy: KernelPolicy = DEFAULT_KERNEL_POLICY,
 ) -> torch.Tensor:
-    """Fused mixture of controls for tokens `u [N, d]`; returns `[N, d]` in the compute dtype."""
-    return _SparseMixture.apply(u, a_pool, bt_pool, idx, coef, float(scale), compute_dtype(u))
+    """Fused mixture of controls for tokens `u [N, d]`; returns `[N, d]` in the compute dtype.
+
+    `policy` picks how the products are laid out (never what they compute)."""
+    return _SparseMixture.apply(u, a_pool, bt_pool, idx, coef, float(scale), compute_dtype(u), policy)
 
 
 def dense_mixture(

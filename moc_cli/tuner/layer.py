@@ -8,8 +8,8 @@
 - `MocTapLayer` wraps the module whose input is a pre-LN site's `u` (the sub-block's norm) and
   stashes that input for the writer of the same layer.
 
-Both reach the shared state through the plain `MocRuntime` object (see `state.py`), so nothing is
-registered or saved per layer. Adapter bookkeeping lives in `moc_adapters` (a plain dict, listed
+Both reach the shared state through their tuner's `ControlContext` (`routing.py`), a plain object,
+so nothing is registered or saved per layer. Adapter bookkeeping lives in `moc_adapters` (a plain dict, listed
 in `other_param_names`) so that peft's `set_adapter` / `delete_adapter` work per layer.
 """
 
@@ -21,7 +21,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from .state import MocRuntime
+from .routing import ControlContext
 
 MERGE_ERROR = (
     "MoC cannot be merged into the base weights: each control reads the residual state and writes next to a "
@@ -37,13 +37,14 @@ class MocLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names: tuple[str, ...] = ()
     other_param_names: tuple[str, ...] = ("moc_adapters",)
 
-    def __init__(self, base_layer: nn.Module, runtime: MocRuntime, site: str, pos: int) -> None:
+    def __init__(self, base_layer: nn.Module, context: ControlContext, site: str, layer_index: int) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.moc_adapters: dict[str, bool] = {}
-        self._runtime = runtime
+        self._context = context
         self.moc_site = site
-        self.moc_pos = pos
+        # the controlled layer's index in the plan = the index of its own (local) expert
+        self.moc_layer_index = layer_index
         self._disable_adapters = False
         self.merged_adapters = []
         self._active_adapter = "default"
@@ -81,7 +82,7 @@ class MocTapLayer(MocLayer):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._is_active():
             u = args[0] if args else next(iter(kwargs.values()))
-            self._runtime.taps[(self.moc_pos, self.moc_site)] = u
+            self._context.taps[(self.moc_layer_index, self.moc_site)] = u
         return self.base_layer(*args, **kwargs)
 
 
@@ -99,12 +100,12 @@ class MocSiteLayer(MocLayer):
     def __init__(
         self,
         base_layer: nn.Module,
-        runtime: MocRuntime,
+        context: ControlContext,
         site: str,
-        pos: int,
+        layer_index: int,
         arg: tuple[int, str] | None,
     ) -> None:
-        super().__init__(base_layer, runtime, site, pos)
+        super().__init__(base_layer, context, site, layer_index)
         self.moc_arg = arg
         self._hook_handle = None
         if site == "block":
@@ -119,10 +120,10 @@ class MocSiteLayer(MocLayer):
 
     def _read_u(self, args: tuple, kwargs: dict) -> torch.Tensor:
         if self.moc_arg is None:
-            u = self._runtime.taps.pop((self.moc_pos, self.moc_site), None)
+            u = self._context.taps.pop((self.moc_layer_index, self.moc_site), None)
             if u is None:
                 raise RuntimeError(
-                    f"MoC site '{self.moc_site}' of layer {self.moc_pos} found no tapped state u: the tap module "
+                    f"MoC site '{self.moc_site}' of layer {self.moc_layer_index} found no tapped state u: the tap module "
                     "did not run before the writer; check MocConfig.architecture."
                 )
             return u
@@ -137,7 +138,7 @@ class MocSiteLayer(MocLayer):
 
     def _control(self, args: tuple, kwargs: dict, output: Any) -> Any:
         u = self._read_u(args, kwargs)
-        control = self._runtime.control(self.moc_site, self.moc_pos, u)
+        control = self._context.control(self.moc_site, self.moc_layer_index, u)
         return output if control is None else _add_to_output(output, control)
 
     def _block_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
@@ -148,7 +149,7 @@ class MocSiteLayer(MocLayer):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._hook_handle is not None or not self._is_active():
             if self.moc_arg is None and not self.disable_adapters:
-                self._runtime.taps.pop((self.moc_pos, self.moc_site), None)
+                self._context.taps.pop((self.moc_layer_index, self.moc_site), None)
             return self.base_layer(*args, **kwargs)
         output = self.base_layer(*args, **kwargs)
         return self._control(args, kwargs, output)

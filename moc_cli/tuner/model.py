@@ -42,13 +42,15 @@ import inspect
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .architectures import Plan, resolve_plan
 from .config import MocConfig
+from .functional import KernelPolicy
 from .layer import MERGE_ERROR, MocLayer, MocSiteLayer, MocTapLayer
-from .state import MocAdapterState, MocRuntime
+from .routing import ControlContext, RoutingStats
+from .state import MocAdapterState
 
 SECOND_WRAP_ERROR = (
     "This model already carries a MoC adapter: a second get_peft_model would add an adapter that the existing MoC "
@@ -117,10 +119,10 @@ class MocModel(BaseTuner):
     def _refuse_foreign_moc(self, model: nn.Module) -> None:
         """Raise if `model` holds MoC layers of another tuner: they would keep computing with that
         tuner's state, so the adapter created here would be dead."""
-        own = self.__dict__.get("_moc_runtime")
+        own = self.__dict__.get("_control_context")
         for module in model.modules():
             if (isinstance(module, MocModel) and module is not self) or (
-                isinstance(module, MocLayer) and module._runtime is not own
+                isinstance(module, MocLayer) and module._context is not own
             ):
                 raise ValueError(SECOND_WRAP_ERROR)
 
@@ -139,22 +141,33 @@ class MocModel(BaseTuner):
             )
         super()._check_new_adapter_config(config)
 
-    def _ensure_runtime(self) -> MocRuntime:
-        if "_moc_runtime" not in self.__dict__:
-            self.__dict__["_moc_runtime"] = MocRuntime()
+    def _ensure_context(self) -> ControlContext:
+        # Created on first use: BaseTuner.__init__ injects adapters before our __init__ body runs.
+        if "_control_context" not in self.__dict__:
+            self.__dict__["_control_context"] = ControlContext()
             self.moc_state = nn.ModuleDict()
             self._moc_plans: dict[str, Plan] = {}
             self._moc_hook_handles: list[Any] = []
-        runtime: MocRuntime = self.__dict__["_moc_runtime"]
-        runtime.states = self.moc_state
-        return runtime
+        context: ControlContext = self.__dict__["_control_context"]
+        context.states = self.moc_state
+        return context
 
     @property
-    def moc_runtime(self) -> MocRuntime:
-        return self._ensure_runtime()
+    def control_context(self) -> ControlContext:
+        """The context the MoC layers of this tuner compute their controls through."""
+        return self._ensure_context()
+
+    @property
+    def kernel_policy(self) -> KernelPolicy:
+        """How the expert mixtures are laid out (`functional.KernelPolicy`); never changes results."""
+        return self.control_context.kernel_policy
+
+    @kernel_policy.setter
+    def kernel_policy(self, policy: KernelPolicy) -> None:
+        self.control_context.kernel_policy = policy
 
     def _prepare_adapter_config(self, peft_config: MocConfig, model_config: dict) -> MocConfig:
-        self._ensure_runtime()
+        self._ensure_context()
         name = next(n for n, c in self.peft_config.items() if c is peft_config)
         self._moc_plans[name] = resolve_plan(self.model, peft_config)
         return peft_config
@@ -178,20 +191,20 @@ class MocModel(BaseTuner):
         current_key: str,
         **optional_kwargs: Any,
     ) -> None:
-        runtime = self._ensure_runtime()
+        context = self._ensure_context()
         plan = self._plan_for(peft_config)
         if adapter_name not in self.moc_state:
             self._create_state(adapter_name, peft_config, plan)
-        runtime.configs[adapter_name] = peft_config
+        context.configs[adapter_name] = peft_config
         self._ensure_hooks()
         if isinstance(target, MocLayer):
             target.update_layer(adapter_name)
             return
         role = plan.roles[current_key]
         if role.kind == "tap":
-            new_module: MocLayer = MocTapLayer(target, runtime, role.site, role.pos)
+            new_module: MocLayer = MocTapLayer(target, context, role.site, role.layer)
         else:
-            new_module = MocSiteLayer(target, runtime, role.site, role.pos, role.arg)
+            new_module = MocSiteLayer(target, context, role.site, role.layer, role.arg)
         new_module.update_layer(adapter_name)
         new_module.set_adapter(self.active_adapters)
         setattr(parent, target_name, new_module)
@@ -250,13 +263,13 @@ class MocModel(BaseTuner):
         ):
             raise ValueError(PREFERENCE_ERROR)
         mask = self._argument(args, kwargs, "attention_mask")
-        runtime = self.moc_runtime
-        runtime.active = [a for a in self.active_adapters if a in self.moc_state]
-        runtime.begin(mask)
+        context = self.control_context
+        context.active = [a for a in self.active_adapters if a in self.moc_state]
+        context.begin(mask)
 
     def _moc_post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        runtime = self.moc_runtime
-        losses = runtime.consume_events()
+        context = self.control_context
+        losses = context.consume_events()
         if not module.training or not losses:
             return None
         aux = None
@@ -266,9 +279,9 @@ class MocModel(BaseTuner):
                 aux = coef * loss if aux is None else aux + coef * loss
         if aux is None:
             return None
-        if runtime.gradless_events:
+        if context.gradless_events:
             raise RuntimeError(
-                REENTRANT_ERROR.format(lost=runtime.gradless_events, total=runtime.event_count)
+                REENTRANT_ERROR.format(lost=context.gradless_events, total=context.event_count)
             )
         per_token = aux
         share = self._accumulation_share(args, kwargs)
@@ -331,7 +344,7 @@ class MocModel(BaseTuner):
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         active = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         self._sync_state_trainability(active, inference_mode)
-        self.moc_runtime.active = [a for a in active if a in self.moc_state]
+        self.control_context.active = [a for a in active if a in self.moc_state]
 
     def _sync_state_trainability(self, active: list[str], inference_mode: bool) -> None:
         for name, state in self.moc_state.items():
@@ -348,11 +361,11 @@ class MocModel(BaseTuner):
         super().delete_adapter(adapter_name)
         if adapter_name in self.moc_state:
             del self.moc_state[adapter_name]
-        runtime = self.moc_runtime
-        runtime.configs.pop(adapter_name, None)
-        runtime.stats.pop(adapter_name, None)
+        context = self.control_context
+        context.configs.pop(adapter_name, None)
+        context.stats.pop(adapter_name, None)
         self._moc_plans.pop(adapter_name, None)
-        runtime.active = [a for a in self.active_adapters if a in self.moc_state]
+        context.active = [a for a in self.active_adapters if a in self.moc_state]
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
@@ -397,14 +410,28 @@ class MocModel(BaseTuner):
         # Whole sub-blocks have no `.weight`: plain replacement, the wrapped module keeps its device.
         setattr(parent, child_name, new_module)
 
-    # ------------------------------------------------------------------------------ statistics
-    def routing_stats(self, adapter_name: str | None = None) -> dict[str, Any]:
-        name = adapter_name or (self.active_adapters[0] if self.active_adapters else "default")
-        return self.moc_runtime.summary(name)
 
-    def reset_routing_stats(self) -> None:
-        for stats in self.moc_runtime.stats.values():
-            stats.reset()
+# ---------------------------------------------------------------------------------- statistics
+def find_moc_model(model: nn.Module) -> MocModel:
+    """The MoC tuner inside `model` (a PeftModel, its base model, a wrapper around either)."""
+    for module in model.modules():
+        if isinstance(module, MocModel):
+            return module
+    raise ValueError(f"{type(model).__name__} carries no MoC adapter (no MocModel inside).")
 
 
-__all__ = ["MocModel", "BaseTunerLayer"]
+def routing_stats(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
+    """Routing statistics of one MoC adapter (default: the first active) since the last reset:
+    `RoutingStats.summary()` (balance loss, expert usage, routing entropy, routing matrix)."""
+    tuner = find_moc_model(model)
+    name = adapter_name or (tuner.active_adapters[0] if tuner.active_adapters else "default")
+    return tuner.control_context.stats.get(name, RoutingStats()).summary()
+
+
+def reset_routing_stats(model: nn.Module) -> None:
+    """Clear the accumulated routing statistics of every MoC adapter of `model`."""
+    for stats in find_moc_model(model).control_context.stats.values():
+        stats.reset()
+
+
+__all__ = ["MocModel", "find_moc_model", "reset_routing_stats", "routing_stats"]

@@ -9,6 +9,8 @@ bfloat16 operands near 1e-2.
 from __future__ import annotations
 
 import copy
+import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,16 +27,11 @@ from moc_cli.tuner.functional import dense_mixture, sparse_mixture
 # Relative-error bounds against float64, by compute dtype.
 REL_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
-# module constants forcing each way the sparse kernel computes routed columns
+# kernel policies forcing each way the sparse kernel computes routed columns
 STRATEGIES = {
-    "per-expert": {"GROUPED_MIN_WIDTH": 0, "PER_EXPERT_DEVICE_TYPES": ("cpu", "cuda")},
-    "all-rows": {"GROUPED_MIN_WIDTH": 10**9},
+    "per-expert": functional.KernelPolicy(grouped_min_width=0, per_expert_device_types=("cpu", "cuda")),
+    "all-rows": functional.KernelPolicy(grouped_min_width=math.inf),
 }
-
-
-def force(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in STRATEGIES[strategy].items():
-        monkeypatch.setattr(functional, name, value)
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -71,10 +68,9 @@ def run_mixture(fn, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("fn_name", ["sparse", "dense"])
 def test_mixture_matches_the_float64_reference(
-    device: torch.device, fn_name: str, dtype: torch.dtype, strategy: str, monkeypatch: pytest.MonkeyPatch
+    device: torch.device, fn_name: str, dtype: torch.dtype, strategy: str
 ) -> None:
-    force(strategy, monkeypatch)
-    fn = sparse_mixture if fn_name == "sparse" else dense_mixture
+    fn = partial(sparse_mixture, policy=STRATEGIES[strategy]) if fn_name == "sparse" else dense_mixture
     for seed in range(3):  # fresh inputs each time: the same function on any valid input
         inputs = mixture_inputs(seed)
         want = run_mixture(dense_mixture, inputs)  # float64 on the CPU
@@ -91,15 +87,15 @@ def test_grouped_products_give_the_per_expert_loop_results(
 ) -> None:
     if not functional.grouped_mm_runs(device, dtype):
         pytest.skip(f"torch._grouped_mm does not run for {dtype} on {device}: the loop is the only path")
-    force("per-expert", monkeypatch)
+    per_expert = partial(sparse_mixture, policy=STRATEGIES["per-expert"])
     inputs = [t.to(device) if not t.is_floating_point() else t.to(device, dtype) for t in mixture_inputs(0)]
     calls: list[int] = []
     grouped_mm = torch._grouped_mm
     monkeypatch.setattr(torch, "_grouped_mm", lambda *a, **kw: calls.append(1) or grouped_mm(*a, **kw))
-    grouped = run_mixture(sparse_mixture, inputs)
+    grouped = run_mixture(per_expert, inputs)
     assert len(calls) == 6  # forward: A and B products; backward: two weight gradients, two products
     monkeypatch.setattr(functional, "_fits_grouped_mm", lambda mat: False)
-    looped = run_mixture(sparse_mixture, inputs)
+    looped = run_mixture(per_expert, inputs)
     assert len(calls) == 6
     for g, ref in zip(grouped, looped, strict=True):
         assert rel_err(g, ref) < REL_TOL[dtype] / 10
@@ -110,8 +106,14 @@ def test_sparse_no_grad_forward_matches_dense(device: torch.device, dtype: torch
     u, a, bt, idx, coef = mixture_inputs(1)
     want = dense_mixture(u, a, bt, idx, coef, 1.5)
     with torch.no_grad():
-        got = sparse_mixture(u.to(device, dtype), a.to(device, dtype), bt.to(device, dtype), idx.to(device),
-                             coef.to(device, dtype), 1.5)
+        got = sparse_mixture(
+            u.to(device, dtype),
+            a.to(device, dtype),
+            bt.to(device, dtype),
+            idx.to(device),
+            coef.to(device, dtype),
+            1.5,
+        )
     assert rel_err(got, want) < REL_TOL[dtype]
 
 
@@ -120,8 +122,14 @@ def test_sparse_no_grad_forward_matches_dense(device: torch.device, dtype: torch
 
 def tiny_llama(device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = tiny_llama_config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                               num_attention_heads=4, num_key_value_heads=2)
+    config = tiny_llama_config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config).to(device=device, dtype=dtype)
 
 
@@ -140,7 +148,9 @@ def batch(device: torch.device, n: int = 4, length: int = 24, seed: int = 0) -> 
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-def train_losses(model: torch.nn.Module, data: dict[str, torch.Tensor], steps: int, autocast: bool) -> list[float]:
+def train_losses(
+    model: torch.nn.Module, data: dict[str, torch.Tensor], steps: int, autocast: bool
+) -> list[float]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     losses = []
@@ -202,8 +212,13 @@ def test_kv_cache_generation_equals_no_cache_generation(device: torch.device, to
     model = moc_llama(device, top_k=top_k)
     model.eval()
     prompt = batch(device, n=3, length=10, seed=1)
-    kwargs = {"input_ids": prompt["input_ids"], "attention_mask": prompt["attention_mask"],
-              "max_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    kwargs = {
+        "input_ids": prompt["input_ids"],
+        "attention_mask": prompt["attention_mask"],
+        "max_new_tokens": 12,
+        "do_sample": False,
+        "pad_token_id": 0,
+    }
     with torch.no_grad():
         cached = model.generate(**kwargs, use_cache=True)
         uncached = model.generate(**kwargs, use_cache=False)

@@ -241,7 +241,7 @@ def test_two_active_adapters_add_their_controls_and_train_together() -> None:
     _randomize(model, "default", 1)
     _randomize(model, "second", 2)
     tuner = model.base_model
-    runtime = tuner.moc_runtime
+    runtime = tuner.control_context
     site = tuner.moc_state["default"].sites[0]
     u = torch.randn(2, 5, HIDDEN, generator=torch.Generator().manual_seed(0))
 

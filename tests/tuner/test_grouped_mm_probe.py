@@ -41,7 +41,7 @@ def test_meta_tensors_are_never_asked() -> None:
     assert functional.grouped_mm_runs(torch.device("meta"), torch.float32) is False
 
 
-def test_devices_outside_the_per_expert_list_project_all_rows_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devices_outside_the_per_expert_list_project_all_rows_at_once() -> None:
     """On a GPU a wide pool takes the all-rows projection (the kernel benchmark measured it faster
     there): no sort by expert, and the same results."""
     gen = torch.Generator().manual_seed(0)
@@ -50,12 +50,14 @@ def test_devices_outside_the_per_expert_list_project_all_rows_at_once(monkeypatc
     a, bt = torch.randn(e, r, d, generator=gen), torch.randn(e, r, d, generator=gen)
     idx = torch.stack([torch.full((n,), 3), torch.randint(0, e, (n,), generator=gen)], dim=1)
     coef = torch.rand(n, 2, generator=gen)
-    assert [seg is not None for _, seg in functional._layouts(idx, e, r)] == [True, True]
+    default = functional.DEFAULT_KERNEL_POLICY
+    assert [seg is not None for _, seg in functional._layouts(idx, e, r, default)] == [True, True]
     per_expert = functional.sparse_mixture(u, a, bt, idx, coef, 2.0)
-    monkeypatch.setattr(functional, "PER_EXPERT_DEVICE_TYPES", ())  # as on a GPU
-    assert [(cols, seg) for cols, seg in functional._layouts(idx, e, r)] == [([0, 1], None)]
+    as_on_a_gpu = functional.KernelPolicy(per_expert_device_types=())
+    assert [(cols, seg) for cols, seg in functional._layouts(idx, e, r, as_on_a_gpu)] == [([0, 1], None)]
     # float32 sums in another order: within 1e-5 relative
-    torch.testing.assert_close(functional.sparse_mixture(u, a, bt, idx, coef, 2.0), per_expert, rtol=1e-5, atol=1e-4)
+    all_rows = functional.sparse_mixture(u, a, bt, idx, coef, 2.0, as_on_a_gpu)
+    torch.testing.assert_close(all_rows, per_expert, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("experts", [6, 30])  # all rows at once; per expert on the CPU (E*r >= 160)

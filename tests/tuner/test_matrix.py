@@ -124,7 +124,7 @@ def test_sites_read_u_where_the_method_table_says(arch: str) -> None:
                 p.normal_(std=0.3)
     base = model.get_base_model()
     plan = resolve_plan(base, model.peft_config["default"])
-    runtime = model.base_model.moc_runtime
+    runtime = model.base_model.control_context
     seen, layer_in, attn_out = {}, {}, {}
     original = runtime.control
 

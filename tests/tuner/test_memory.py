@@ -8,8 +8,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from moc_cli import MocConfig
+from moc_cli.profiling import saved_tensor_bytes
 from moc_cli.tuner.architectures import resolve_plan
-from moc_cli.tuner.profiling import saved_tensor_bytes
 
 KW = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256, vocab_size=100)
 

@@ -30,7 +30,9 @@ def load_4bit(path: Path) -> torch.nn.Module:
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama-4bit")
     torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(hidden_size=64, intermediate_size=128, num_hidden_layers=3)).save_pretrained(path)
+    LlamaForCausalLM(
+        tiny_llama_config(hidden_size=64, intermediate_size=128, num_hidden_layers=3)
+    ).save_pretrained(path)
     return path
 
 

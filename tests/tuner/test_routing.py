@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -10,10 +11,10 @@ from moc_tuner_testkit import HIDDEN, LAYERS, tiny
 from peft import get_peft_model
 
 from moc_cli import MocConfig
-from moc_cli.tuner import functional, reset_routing_stats, routing_stats
+from moc_cli.profiling import saved_tensor_bytes
+from moc_cli.tuner import DEFAULT_KERNEL_POLICY, KernelPolicy, functional, reset_routing_stats, routing_stats
 from moc_cli.tuner.architectures import resolve_plan
 from moc_cli.tuner.functional import dense_mixture, sparse_mixture
-from moc_cli.tuner.profiling import saved_tensor_bytes
 
 
 def _randomize(model, std: float = 0.3, seed: int = 7) -> None:
@@ -220,28 +221,26 @@ def _mixture_inputs(m: int, local: bool, n: int = 11, e: int = 5, r: int = 3, d:
     return u, a, bt, idx, coef
 
 
-# module constants forcing each way of computing routed columns
-STRATEGIES = {"per-expert": {"GROUPED_MIN_WIDTH": 0}, "all-rows": {"GROUPED_MIN_WIDTH": 10**9}}
-
-
-def _force(strategy: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in STRATEGIES[strategy].items():
-        monkeypatch.setattr(functional, name, value)
+# kernel policies forcing each way of computing routed columns
+STRATEGIES = {
+    "per-expert": functional.KernelPolicy(grouped_min_width=0),
+    "all-rows": functional.KernelPolicy(grouped_min_width=math.inf),
+}
 
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize(
     ("m", "local"), [(1, False), (2, False), (3, False), (1, True), (2, True), (3, True)]
 )
-def test_sparse_function_matches_dense_autograd(
-    m: int, local: bool, strategy: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sparse_function_matches_dense_autograd(m: int, local: bool, strategy: str) -> None:
     # tokens sorted by expert into segments, or every token projected
     # through all E*r rows of A
-    _force(strategy, monkeypatch)
+    policy = STRATEGIES[strategy]
     u, a, bt, idx, coef = _mixture_inputs(m, local)
+    layouts = functional._layouts(idx, a.shape[0], a.shape[1], policy)
+    assert all((seg is None) == (strategy == "all-rows") for _, seg in layouts)
     outs, grads = [], []
-    for fn in (sparse_mixture, dense_mixture):
+    for fn in (partial(sparse_mixture, policy=policy), dense_mixture):
         out = fn(u, a, bt, idx, coef, 1.5)
         g = torch.autograd.grad((out * torch.linspace(-1, 1, u.shape[1])).sum(), (u, a, bt, coef))
         outs.append(out)
@@ -250,7 +249,7 @@ def test_sparse_function_matches_dense_autograd(
     for g0, g1 in zip(*grads, strict=True):
         torch.testing.assert_close(g0, g1)
     assert torch.autograd.gradcheck(
-        lambda *x: sparse_mixture(*x[:3], idx, x[3], 1.5),
+        lambda *x: sparse_mixture(*x[:3], idx, x[3], 1.5, policy),
         (
             u.double().detach().requires_grad_(),
             a.double().detach().requires_grad_(),
@@ -331,12 +330,19 @@ def test_grouped_product_is_only_asked_for_operands_it_takes(
 def test_only_wide_pools_split_off_the_local_column_and_group_per_expert() -> None:
     gen = torch.Generator().manual_seed(0)
     with_local = torch.cat([torch.full((2048, 1), 4), torch.randint(0, 30, (2048, 1), generator=gen)], dim=1)
-    (local, local_seg), (routed, routed_seg) = functional._layouts(with_local, e=30, r=16)  # SmolLM2
+    (local, local_seg), (routed, routed_seg) = functional._layouts(
+        with_local, e=30, r=16, policy=DEFAULT_KERNEL_POLICY
+    )  # SmolLM2
     assert (local, local_seg.spans, local_seg.rows) == ([0], [(4, 0, 2048)], None)  # a plain matmul
     assert routed == [1] and routed_seg is not None and routed_seg.rows is not None  # sorted by expert
-    assert functional._layouts(with_local % 6, e=6, r=16) == [([0, 1], None)]  # MiniLM: all rows at once
+    assert functional._layouts(with_local % 6, e=6, r=16, policy=DEFAULT_KERNEL_POLICY) == [
+        ([0, 1], None)
+    ]  # MiniLM: all rows at once
     collapsed = torch.zeros(2048, 2, dtype=torch.long)  # every token on one expert: a fixed column too
-    assert [(cols, seg.spans) for cols, seg in functional._layouts(collapsed, e=30, r=16)] == [
+    assert [
+        (cols, seg.spans)
+        for cols, seg in functional._layouts(collapsed, e=30, r=16, policy=DEFAULT_KERNEL_POLICY)
+    ] == [
         ([0], [(0, 0, 2048)]),
         ([1], [(0, 0, 2048)]),
     ]
@@ -419,7 +425,7 @@ def test_auto_runs_sparse_without_grad_only_where_the_kernel_benchmark_found_it_
 def test_auto_without_grad_gives_the_dense_logits_through_either_formulation(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import moc_cli.tuner.state as state_module
+    import moc_cli.tuner.routing as routing_module
 
     t = tiny("llama")
     models = {}
@@ -429,16 +435,16 @@ def test_auto_without_grad_gives_the_dense_logits_through_either_formulation(
         models[mode].eval()
     calls: list[str] = []
     for name in ("sparse_mixture", "dense_mixture"):
-        real = getattr(state_module, name)
+        real = getattr(routing_module, name)
         monkeypatch.setattr(
-            state_module, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
+            routing_module, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a)
         )
     with torch.no_grad():
         want = models["dense"](**t.inputs).logits
         calls.clear()
         narrow = models["auto"](**t.inputs).logits  # pool E*r = 3*4 < 256: dense
         assert set(calls) == {"dense_mixture"}
-        monkeypatch.setattr(functional, "SPARSE_INFERENCE_MIN_WIDTH", LAYERS * 4)
+        models["auto"].base_model.kernel_policy = KernelPolicy(sparse_inference_min_width=LAYERS * 4)
         calls.clear()
         wide = models["auto"](**t.inputs).logits
         assert set(calls) == {"sparse_mixture"}

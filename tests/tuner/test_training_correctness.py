@@ -22,7 +22,7 @@ from moc_cli import MocConfig
 from moc_cli.tuner import routing_stats
 from moc_cli.tuner.architectures import resolve_plan
 from moc_cli.tuner.model import REENTRANT_ERROR, SECOND_WRAP_ERROR
-from moc_cli.tuner.state import MocRuntime
+from moc_cli.tuner.routing import ControlContext
 
 
 def _randomize(model: torch.nn.Module, std: float = 0.3, seed: int = 5) -> None:
@@ -259,14 +259,14 @@ def test_float64_model_routes_and_mixes_in_float64(monkeypatch: pytest.MonkeyPat
     state = model.base_model.moc_state["default"]
     assert {p.dtype for p in state.parameters()} == {torch.float64}
     seen: list[torch.Tensor] = []
-    route = MocRuntime._route
+    route = ControlContext._route
 
-    def spy(self: MocRuntime, *args: Any, **kwargs: Any) -> Any:
+    def spy(self: ControlContext, *args: Any, **kwargs: Any) -> Any:
         decision = route(self, *args, **kwargs)
         seen.append(decision.gates)
         return decision
 
-    monkeypatch.setattr(MocRuntime, "_route", spy)
+    monkeypatch.setattr(ControlContext, "_route", spy)
     model.eval()
     with torch.no_grad():
         moc = model(**t.model_inputs).logits
