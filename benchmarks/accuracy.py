@@ -15,6 +15,10 @@ process running the same command shares the queue (each cell is locked while it 
 --deadline-s no cell starts; cells still training at deadline + --grace-s are stopped and not
 recorded. `--merge FILE` first copies another run's cells in (e.g. a sweep from another machine).
 Every stored cell records the command that trains it again: `--cell KEY`.
+
+The cells are measured and stored by `moc_cli.bench` (what `moc bench accuracy` runs too); this
+script writes the study report from them (`report.py`: accuracy.md, accuracy.csv) and the README's
+accuracy block (`readme.py`).
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         # Before torch loads: Trainer would otherwise move the model to a visible GPU by itself.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-    from moc_cli.bench.accuracy import (
+    from benchmarks.report import write_accuracy_report
+    from moc_cli.bench import (
         RESULTS_JSONL,
         AccuracyError,
         load_finished,
@@ -101,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.report_only:
-            from moc_cli.bench.report import write_accuracy_report
-
             args.output_dir.mkdir(parents=True, exist_ok=True)
             store = args.output_dir / RESULTS_JSONL
             if args.merge:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_weights=args.keep_weights,
             log_dir=args.log_dir,
             dry_run=args.dry_run,
+            write_report=write_accuracy_report,
         )
     except AccuracyError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _refresh_readme(results_dir: Path) -> None:
-    from moc_cli.bench.readme import refresh_repository_readme
+    from benchmarks.readme import refresh_repository_readme
 
     refresh_repository_readme(ROOT, results_dir)
 

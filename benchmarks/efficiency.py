@@ -3,8 +3,10 @@
     python benchmarks/efficiency.py --model minilm --seq-len 128 --seq-len 512
     python benchmarks/efficiency.py --model smollm2 --seq-len 128 --steps 2 --rounds 1
 
-Results merge into benchmarks/results/efficiency.json; efficiency.md and efficiency.png are
-regenerated from it (same as `moc bench efficiency ...`).
+Results merge into benchmarks/results/efficiency.json, measured and stored by `moc_cli.bench` (what
+`moc bench efficiency` runs too); this script then writes the study report from it (`report.py`:
+efficiency.md with the targets and the growth with length, efficiency.png) and the README's
+efficiency blocks (`readme.py`).
 """
 
 from __future__ import annotations
@@ -57,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import moc_cli  # noqa: F401  (registers MoC and MoLEx with peft)
-    from moc_cli.bench.efficiency import RESULTS_JSON, EfficiencyError, load_runs, run_efficiency_benchmark
+    from benchmarks.report import write_efficiency_report
+    from moc_cli.bench import RESULTS_JSON, EfficiencyError, load_runs, run_efficiency_benchmark
 
     if args.report_only:
-        from moc_cli.bench.report import write_efficiency_report
-
         print(f"wrote {write_efficiency_report(load_runs(args.output_dir / RESULTS_JSON), args.output_dir)}")
         _refresh_readme(args.output_dir)
         return 0
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             command=shlex.join(["python", "benchmarks/efficiency.py", *argv]),
             rss_only=args.rss_only,
             saved_only=args.saved_only,
+            write_report=write_efficiency_report,
         )
     except EfficiencyError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _refresh_readme(results_dir: Path) -> None:
-    from moc_cli.bench.readme import refresh_repository_readme
+    from benchmarks.readme import refresh_repository_readme
 
     refresh_repository_readme(Path(__file__).resolve().parents[1], results_dir)
 

@@ -146,12 +146,12 @@ def default_groups(smoke: bool) -> list[Group]:
 
 def build(group: Group, method: str, device: str, dtype: Any, shapes: dict[str, dict[str, Any]]) -> Any:
     """A randomly initialised Llama-shaped model in `dtype` on `device` with `method` applied as
-    `moc train` applies it (moc_cli.training.methods.apply_method)."""
+    `moc train` applies it (moc_cli.training.apply_method)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from moc_cli.bench.methods import method_sections
-    from moc_cli.training.methods import apply_method
+    from moc_cli.bench import method_sections
+    from moc_cli.training import apply_method
 
     config = LlamaConfig(**shapes[group.model], use_cache=False)
     torch.manual_seed(0)
@@ -265,7 +265,7 @@ def profile(group: Group, method: str, device: str, shapes: dict[str, dict[str, 
 def machine() -> dict[str, Any]:
     import torch
 
-    from moc_cli.bench.efficiency import machine_info
+    from moc_cli.environment import machine_info
 
     info = machine_info(torch.get_num_threads())
     if torch.cuda.is_available():
@@ -368,12 +368,6 @@ def run(
 
 # ----------------------------------------------------------------------------------- report
 
-SAME_SITE = {
-    "moc-ffn": "control",
-    "moc-attn": "control-attn",
-    "moc-both-separate": "control-both",
-    "moc-both-shared": "control-both",
-}
 MIB = 2**20
 
 
@@ -382,6 +376,8 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def group_table(group: dict[str, Any]) -> list[str]:
+    from moc_cli.bench import SAME_SITE_CONTROL
+
     rows = {r["method"]: r for r in group["methods"]}
     lines = [
         "| method | trainable params | peak above model (MiB) | × same-site Control | median step (ms) "
@@ -392,7 +388,7 @@ def group_table(group: dict[str, Any]) -> list[str]:
         if r.get("error"):
             lines.append(f"| {r['method']} | – | – | – | – | – | error: {r['error'][:80]} |")
             continue
-        ref = rows.get(SAME_SITE.get(r["method"], ""))
+        ref = rows.get(SAME_SITE_CONTROL.get(r["method"], ""))
         ok = ref is not None and not ref.get("error")
         peak = r["peak_bytes"]
         lines.append(
@@ -481,7 +477,7 @@ def readme_block(record: dict[str, Any]) -> str:
 
 
 def write_report(results_dir: Path, readme: Path | None) -> Path:
-    from moc_cli.bench.readme import replace_block
+    from benchmarks.readme import replace_block
 
     record = json.loads((results_dir / GPU_JSON).read_text(encoding="utf-8"))
     md = results_dir / GPU_MD
@@ -496,17 +492,24 @@ def write_report(results_dir: Path, readme: Path | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / GPU_JSON, help="the JSON record to write")
     parser.add_argument("--method", action="append", choices=METHODS, help="restrict to these methods")
-    parser.add_argument("--model", action="append", help=f"restrict to these models ({', '.join(MODEL_SHAPES)})")
+    parser.add_argument(
+        "--model", action="append", help=f"restrict to these models ({', '.join(MODEL_SHAPES)})"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--deadline-s", type=float, default=None, help="start no new group after this")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama on the CPU: checks the pipeline")
     parser.add_argument("--report-only", action="store_true", help="regenerate gpu.md and the README block")
     parser.add_argument(
-        "--profile", metavar="METHOD", choices=METHODS, help="print the profiler's op table of METHOD's steps instead"
+        "--profile",
+        metavar="METHOD",
+        choices=METHODS,
+        help="print the profiler's op table of METHOD's steps instead",
     )
     args = parser.parse_args(argv)
 

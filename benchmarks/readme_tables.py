@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report whether the README is up to date")
     args = parser.parse_args(argv)
 
-    from moc_cli.bench.readme import render_readme, update_readme
+    from benchmarks.readme import render_readme, update_readme
 
     if args.check:
         current = args.readme.read_text(encoding="utf-8")

@@ -4,12 +4,16 @@ Importing this package is cheap: torch/transformers are imported only when a GGU
 and `datasets` only by `moc_cli.assets.datasets`.
 """
 
+from typing import Any
+
 from moc_cli.assets.catalog import KNOWN_ASSETS, install_command
 from moc_cli.assets.errors import AssetError, AssetNotInstalledError, AssetPathError
 from moc_cli.assets.pkg_uri import is_pkg_uri, package_dir, parse_pkg_uri, resolve_pkg_uri
 from moc_cli.assets.sources import resolve_data_path, resolve_model_source
 
-__all__ = [
+_LAZY = {"rotten_tomatoes_splits": "moc_cli.assets.datasets"}  # imports `datasets`: on first use
+
+__all__ = [  # noqa: F822 (rotten_tomatoes_splits is resolved lazily by __getattr__)
     "KNOWN_ASSETS",
     "AssetError",
     "AssetNotInstalledError",
@@ -21,4 +25,13 @@ __all__ = [
     "resolve_data_path",
     "resolve_model_source",
     "resolve_pkg_uri",
+    "rotten_tomatoes_splits",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'moc_cli.assets' has no attribute {name!r}")

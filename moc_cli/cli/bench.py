@@ -1,4 +1,8 @@
-"""`moc bench`: the efficiency and accuracy benchmarks (MoC against Control, LoRA, DoRA, IA3, full, MoLEx)."""
+"""`moc bench`: the efficiency and accuracy benchmarks (MoC against Control, LoRA, DoRA, IA3, full, MoLEx).
+
+It measures, stores the results and writes plain tables of them (`moc_cli.bench`); the study reports
+built from the same stored results are the scripts in `benchmarks/`.
+"""
 
 from __future__ import annotations
 
@@ -85,14 +89,28 @@ def bench(
     max_steps: Annotated[
         int | None,
         typer.Option(
-            "--max-steps", min=1, help="Accuracy: cap steps per cell (a smoke run, kept out of the study's tables)."
+            "--max-steps",
+            min=1,
+            help="Accuracy: cap steps per cell (a smoke run, kept out of the study's tables).",
         ),
     ] = None,
     output_dir: Annotated[
-        Path, typer.Option("--output-dir", help="Where results (md, csv, png, jsonl) are written.")
+        Path,
+        typer.Option(
+            "--output-dir",
+            help="Where the stored results (json, jsonl) and their tables (md, csv) are written.",
+        ),
     ] = Path("benchmarks/results"),
 ) -> None:
-    """Run a benchmark and write its tables (Markdown, CSV/JSON) and chart into --output-dir.
+    """Run a benchmark, store its results and write plain tables of them into --output-dir.
+
+    efficiency: results merge into efficiency.json; efficiency.md and efficiency.csv list every stored
+    run's figures and their ratios to Control. accuracy: cells are appended to accuracy.jsonl;
+    accuracy.md and accuracy.csv list every stored cell and the mean over seeds.
+
+    The study reports built from the same files (targets, chart, paired differences with intervals,
+    the sweep, ablations, README tables) are written by the scripts in benchmarks/, e.g.
+    python benchmarks/efficiency.py --report-only --output-dir DIR.
 
     Examples:
 
@@ -110,7 +128,7 @@ def bench(
     tail = args[args.index("bench") + 1 :] if "bench" in args else [suite.value]
     command = shlex.join(["moc", "bench", *tail])
     if suite is Suite.efficiency:
-        from moc_cli.bench.efficiency import EfficiencyError, run_efficiency_benchmark
+        from moc_cli.bench import EfficiencyError, run_efficiency_benchmark, write_efficiency_tables
 
         try:
             report = run_efficiency_benchmark(
@@ -127,13 +145,14 @@ def bench(
                 command=command,
                 rss_only=rss_only,
                 saved_only=saved_only,
+                write_report=write_efficiency_tables,
             )
         except EfficiencyError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(code=2) from err
         typer.echo(f"wrote {report}")
     else:
-        from moc_cli.bench.accuracy import AccuracyError, run_accuracy_benchmark
+        from moc_cli.bench import AccuracyError, run_accuracy_benchmark, write_accuracy_tables
 
         try:
             report = run_accuracy_benchmark(
@@ -145,6 +164,7 @@ def bench(
                 threads=threads,
                 output_dir=output_dir,
                 command=command,
+                write_report=write_accuracy_tables,
             )
         except AccuracyError as err:
             typer.echo(f"error: {err}", err=True)

@@ -19,30 +19,24 @@ from test_accuracy_helpers import (
     write_task_files,
 )
 
-from moc_cli.bench.accuracy import (
+from moc_cli.bench import AccuracyError, run_accuracy_benchmark
+from moc_cli.bench.cell_queue import run_queue
+from moc_cli.bench.data import majority_baseline, shared_dir, task_data_dir, train_steps
+from moc_cli.bench.records import FAILURES_JSONL, RESULTS_JSONL, claim, load_finished
+from moc_cli.bench.runner import Settings, cell_overrides
+from moc_cli.bench.study import (
     ABLATIONS,
-    FAILURES_JSONL,
     MAIN_SEEDS,
     METHODS,
-    RESULTS_JSONL,
     TASKS,
-    AccuracyError,
-    Settings,
-    _cell,
     ablation_cells,
     cell_from_key,
-    cell_overrides,
     chosen_rates,
-    claim,
-    load_finished,
     main_cells,
-    majority_baseline,
+    make_cell,
     normalised_gain,
-    run_accuracy_benchmark,
-    run_queue,
     select_learning_rates,
     sweep_cells,
-    train_steps,
 )
 
 RATES = {m: 1e-3 for m in METHODS} | {"full": 1e-4}
@@ -90,13 +84,13 @@ def test_grids_cover_the_study_once_per_cell() -> None:
     # Shared cells train once: the sweep's seed 0 at the chosen rate, and the ablations' reference.
     main_keys = {c.key for c in main}
     assert {c.key for c in ablations if c.label == "moc"} <= main_keys
-    assert _cell("sweep", "glue/rte", "dora", 0, 1e-3, CTX).key in main_keys
+    assert make_cell("sweep", "glue/rte", "dora", 0, 1e-3, CTX).key in main_keys
     sst2 = next(c for c in main if c.task == "glue/sst2")
     assert sst2.key == "glue/sst2|moc|seed=0|lr=0.001|ep=2|n=10000|bs=32|len=128|fp32|bert-L2-d32"
 
 
 def test_a_key_names_its_cell_and_a_bad_key_names_the_fix() -> None:
-    cell = replace(_cell("main", "glue/sst2", "moc variant=ffn", 4, 3e-4, CTX), max_steps=8)
+    cell = replace(make_cell("main", "glue/sst2", "moc variant=ffn", 4, 3e-4, CTX), max_steps=8)
     assert cell.key == (
         "glue/sst2|moc variant=ffn|seed=4|lr=0.0003|ep=2|n=10000|bs=32|len=128|fp32|bert-L2-d32|cap=8"
     )
@@ -112,7 +106,6 @@ def test_a_key_names_its_cell_and_a_bad_key_names_the_fix() -> None:
 
 
 def test_every_cell_resolves_through_the_real_config_loader(study_env: dict) -> None:
-    from moc_cli.bench.accuracy import task_data_dir
     from moc_cli.config import load_run_config
 
     cells = sweep_cells(CTX) + main_cells(CTX, RATES) + ablation_cells(CTX, 1e-3)
@@ -136,15 +129,13 @@ def test_every_cell_resolves_through_the_real_config_loader(study_env: dict) -> 
     assert by_label["moc router_scope=per_layer"].router_scope == "per_layer"
     assert by_label["moc learnable alpha"].learnable_alpha is True
     assert by_label["moc router_temperature=0.25"].router_temperature == 0.25
-    sst2 = _cell("main", "glue/sst2", "moc", 0, 1e-3, replace(CTX, precision="bf16", max_steps=8))
+    sst2 = make_cell("main", "glue/sst2", "moc", 0, 1e-3, replace(CTX, precision="bf16", max_steps=8))
     data = task_data_dir("glue/sst2", study_env["work"])
     cfg, _ = load_run_config(None, None, cell_overrides(sst2, Path("/tmp/run"), study_env["model"], data))
     assert cfg.data.max_train_samples == 10_000 and cfg.training.bf16 is True and cfg.training.max_steps == 8
 
 
 def test_majority_baseline_and_steps_come_from_the_task_files(study_env: dict) -> None:
-    from moc_cli.bench.accuracy import task_data_dir
-
     rte = task_data_dir("glue/rte", study_env["work"])
     assert majority_baseline("glue/rte", rte) == {
         "metric": "accuracy",
@@ -154,9 +145,9 @@ def test_majority_baseline_and_steps_come_from_the_task_files(study_env: dict) -
     }
     cola = task_data_dir("glue/cola", study_env["work"])
     assert majority_baseline("glue/cola", cola)["value"] == 0.0  # Matthews of a constant prediction
-    assert train_steps(_cell("main", "glue/rte", "moc", 0, 1e-3, CTX), rte) == 6 * 2
-    assert train_steps(_cell("main", "superglue/cb", "moc", 0, 1e-3, CTX), rte) == 20 * 4
-    assert train_steps(replace(_cell("main", "superglue/cb", "moc", 0, 1e-3, CTX), max_steps=5), rte) == 5
+    assert train_steps(make_cell("main", "glue/rte", "moc", 0, 1e-3, CTX), rte) == 6 * 2
+    assert train_steps(make_cell("main", "superglue/cb", "moc", 0, 1e-3, CTX), rte) == 20 * 4
+    assert train_steps(replace(make_cell("main", "superglue/cb", "moc", 0, 1e-3, CTX), max_steps=5), rte) == 5
 
 
 def test_majority_baselines_of_the_real_validation_splits(shared_data: Path) -> None:
@@ -395,8 +386,6 @@ def test_missing_model_data_and_merge_files_name_the_fix(
 
 
 def test_shared_dir_may_name_the_data_folder_itself(study_env: dict, monkeypatch) -> None:
-    from moc_cli.bench.accuracy import shared_dir, task_data_dir
-
     root = shared_dir()
     monkeypatch.setenv("MOC_SHARED_DIR", str(root / "data"))
     assert task_data_dir("glue/rte", study_env["work"]) == root / "data" / "glue" / "rte"

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moc_cli.bench.accuracy import TASKS, Cell, Context, Settings, _cell
+from moc_cli.bench.runner import Settings
+from moc_cli.bench.study import TASKS, Cell, Context, make_cell
 
 CTX = Context("fp32", "bert-L2-d32")
 # 64 train rows and 4 validation rows (three of label 1) per task: the majority class scores 0.75
@@ -48,7 +49,7 @@ def record(
 ) -> dict:
     """A stored cell of the CTX study, as run_queue writes it (only the fields the report reads).
     The majority baseline defaults to the tiny task files' (0.75; Matthews 0 on CoLA)."""
-    cell = _cell("main", task, label, seed, rate, CTX)
+    cell = make_cell("main", task, label, seed, rate, CTX)
     metric = "matthews_correlation" if task == "glue/cola" else "accuracy"
     if majority is None:
         majority = 0.0 if task == "glue/cola" else 0.75

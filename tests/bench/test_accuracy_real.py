@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from moc_cli.bench.accuracy import RESULTS_JSONL, load_finished, run_accuracy_benchmark
+from benchmarks.report import write_accuracy_report
+from moc_cli.bench import RESULTS_JSONL, load_finished, run_accuracy_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +27,7 @@ def test_one_real_cell_end_to_end(shared_data: Path, tmp_path: Path) -> None:
         work_dir=tmp_path / "work",
         command="test",
         log=lambda _m: None,
+        write_report=write_accuracy_report,
     )
     (r,) = load_finished(out / RESULTS_JSONL).values()
     assert r["key"] == KEY and r["status"] == "ok" and r["metric"] == "accuracy"

@@ -9,8 +9,7 @@ import math
 import pytest
 from test_accuracy_helpers import CTX, fake_value, record
 
-from moc_cli.bench.accuracy import METHODS, ablation_cells, main_cells, sweep_cells
-from moc_cli.bench.report import (
+from benchmarks.report import (
     PairedDifference,
     accuracy_conclusion,
     accuracy_markdown,
@@ -19,6 +18,8 @@ from moc_cli.bench.report import (
     paired_difference,
     seed_average,
 )
+from moc_cli.bench import METHODS
+from moc_cli.bench.study import ablation_cells, main_cells, sweep_cells
 
 RATES = {m: 1e-3 for m in METHODS} | {"full": 1e-4}
 

@@ -2,7 +2,7 @@
 no GPU for CPU cells, and a deadline after which running workers are stopped unrecorded.
 
 The workers run the fake runners of test_accuracy_helpers (no torch is loaded); they are real
-`python -m moc_cli.bench.accuracy` processes."""
+`python -m moc_cli.bench.workers` processes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 from test_accuracy_helpers import CTX, env_runner, slow_runner, write_model_config, write_task_files
 
-from moc_cli.bench.accuracy import RESULTS_JSONL, Settings, load_finished, run_workers, sweep_cells
+from moc_cli.bench.records import RESULTS_JSONL, load_finished
+from moc_cli.bench.runner import Settings
+from moc_cli.bench.study import sweep_cells
+from moc_cli.bench.workers import run_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 

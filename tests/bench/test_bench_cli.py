@@ -45,3 +45,21 @@ def test_unknown_accuracy_grid_exits_2(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "error: --grid 'huge' is unknown; choose from main, ablations" in result.stderr
+
+
+def test_efficiency_stores_the_run_and_writes_plain_tables(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    args = ["bench", "efficiency", "--model", str(tiny_bert_dir), "--method", "moc-ffn", "--batch-size", "2",
+            "--seq-len", "8", "--steps", "1", "--warmup", "0", "--rounds", "1", "--threads", "1", "--no-rss",
+            "--output-dir", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(app, args, env=ENV)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == f"wrote {tmp_path / 'efficiency.md'}"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "efficiency.csv",
+        "efficiency.json",
+        "efficiency.md",
+    ]  # the study's chart and targets come from benchmarks/efficiency.py
+    text = (tmp_path / "efficiency.md").read_text()
+    assert text.startswith("# Efficiency measurements\n") and "| `moc-ffn` |" in text
+    # the command as recorded (under CliRunner there is no `moc bench ...` in sys.argv to copy)
+    assert "- command: `moc bench efficiency`\n" in text

@@ -29,7 +29,9 @@ def _gpu_module():
 def test_unknown_argument_exits_2_naming_the_choices() -> None:
     done = subprocess.run(["bash", str(SCRIPT), "--gpu"], capture_output=True, text=True, check=False)
     assert done.returncode == 2
-    assert done.stderr == "device_check.sh: unknown argument '--gpu' (expected --prepare, --smoke or nothing)\n"
+    assert (
+        done.stderr == "device_check.sh: unknown argument '--gpu' (expected --prepare, --smoke or nothing)\n"
+    )
 
 
 def test_smoke_runs_every_stage_on_the_cpu(tmp_path: Path) -> None:
@@ -58,7 +60,7 @@ def test_smoke_runs_every_stage_on_the_cpu(tmp_path: Path) -> None:
 
 
 def test_committed_gpu_report_and_readme_block_equal_what_gpu_json_produces() -> None:
-    from moc_cli.bench.readme import replace_block
+    from benchmarks.readme import replace_block
 
     gpu = _gpu_module()
     record = json.loads((ROOT / "benchmarks" / "results" / "gpu.json").read_text(encoding="utf-8"))
@@ -72,12 +74,24 @@ def test_committed_gpu_report_and_readme_block_equal_what_gpu_json_produces() ->
 
 @pytest.mark.slow
 def test_prepare_downloads_the_carried_wheels_within_the_size_limit() -> None:
-    done = subprocess.run(["bash", str(SCRIPT), "--prepare"], cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--prepare"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     wheels = sorted(p.name.split("-")[0].lower() for p in (ROOT / ".device" / "wheels").glob("*.whl"))
     assert wheels == sorted(
-        ["annotated_types", "datasets", "dill", "moc_cli", "multiprocess", "peft", "pydantic", "pydantic_core",
-         "typing_extensions", "typing_inspection"]
+        [
+            "annotated_types",
+            "datasets",
+            "dill",
+            "moc_cli",
+            "multiprocess",
+            "peft",
+            "pydantic",
+            "pydantic_core",
+            "typing_extensions",
+            "typing_inspection",
+        ]
     )
     assert "the tree that travels is" in done.stdout and "(limit 64)" in done.stdout
     if (ROOT.parent / "shared" / "data" / "glue").is_dir():  # the accuracy grid's model and data
@@ -89,6 +103,14 @@ def test_prepare_downloads_the_carried_wheels_within_the_size_limit() -> None:
 
         with tarfile.open(ROOT / ".device" / "accuracy-data.tgz") as archive:
             names = set(archive.getnames())
-        for task in ("glue/cola", "glue/mrpc", "glue/rte", "glue/sst2", "superglue/cb", "superglue/copa",
-                     "superglue/wsc", "demo/sentiment"):
+        for task in (
+            "glue/cola",
+            "glue/mrpc",
+            "glue/rte",
+            "glue/sst2",
+            "superglue/cb",
+            "superglue/copa",
+            "superglue/wsc",
+            "demo/sentiment",
+        ):
             assert f"data/{task}/train.jsonl" in names and f"data/{task}/validation.jsonl" in names

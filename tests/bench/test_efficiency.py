@@ -10,20 +10,13 @@ import pytest
 import torch
 
 import moc_cli  # noqa: F401  (registers MoC and MoLEx)
-from moc_cli.bench.efficiency import (
-    EfficiencyError,
-    build_model,
-    make_batch,
-    measure_rss_subprocess,
-    merge_runs,
-    paired_time_ratio,
-    resolve_benchmark_model,
-    run_efficiency,
-    run_efficiency_benchmark,
-    saved_bytes_of_step,
-    timing_order,
-    with_ratios,
-)
+from benchmarks.report import write_efficiency_report
+from moc_cli.bench import EfficiencyError, run_efficiency_benchmark, with_ratios
+from moc_cli.bench.efficiency import run_efficiency
+from moc_cli.bench.rss import measure_rss_subprocess
+from moc_cli.bench.store import merge_runs
+from moc_cli.bench.timing import paired_time_ratio, timing_order
+from moc_cli.bench.workload import build_model, make_batch, resolve_benchmark_model, saved_bytes_of_step
 
 torch.set_num_threads(1)
 METHODS = ["control", "moc-both-shared", "molex"]
@@ -61,7 +54,7 @@ def test_every_figure_is_positive_and_control_ratio_is_one(run: dict) -> None:
 
 
 def test_each_moc_variant_is_timed_right_after_its_same_site_control() -> None:
-    from moc_cli.bench.methods import METHOD_NAMES
+    from moc_cli.bench import METHOD_NAMES
 
     assert timing_order(METHOD_NAMES) == [
         "control", "moc-ffn", "control-attn", "moc-attn",
@@ -88,17 +81,18 @@ def test_time_ratios_pair_the_methods_round_by_round() -> None:
 
 
 def test_rounds_alternate_direction(tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import moc_cli.bench.efficiency as efficiency
+    import moc_cli.bench.timing as timing
+    import moc_cli.bench.workload as workload
 
     built: list[str] = []
-    real_build = efficiency.build_model
+    real_build = workload.build_model
 
     def recording_build(bench_model, method, seed=0):  # type: ignore[no-untyped-def]
         built.append(method)
         return real_build(bench_model, method, seed)
 
-    monkeypatch.setattr(efficiency, "build_model", recording_build)
-    efficiency.measure_in_process(
+    monkeypatch.setattr(workload, "build_model", recording_build)
+    timing.measure_in_process(
         resolve_benchmark_model(str(tiny_bert_dir)), ["moc-ffn", "control", "ia3"],
         batch_size=1, seq_len=4, steps=1, warmup=0, rounds=3, log=lambda _m: None,
     )  # fmt: skip
@@ -110,11 +104,12 @@ def test_a_control_and_its_moc_variants_alternate_step_by_step(
 ) -> None:
     """On CPU the timed steps of a Control and its same-site MoC variants alternate one by one
     (ABBA), so a drift of the machine's speed reaches both alike; other methods run alone."""
-    import moc_cli.bench.efficiency as efficiency
+    import moc_cli.bench.timing as timing
+    import moc_cli.bench.workload as workload
 
     names: dict[int, str] = {}
     stepped: list[str] = []
-    real_build, real_step = efficiency.build_model, efficiency.train_step
+    real_build, real_step = workload.build_model, timing.train_step
 
     def recording_build(bench_model, method, seed=0):  # type: ignore[no-untyped-def]
         model = real_build(bench_model, method, seed)
@@ -125,9 +120,9 @@ def test_a_control_and_its_moc_variants_alternate_step_by_step(
         stepped.append(names[id(model)])
         return real_step(model, optimizer, batch)
 
-    monkeypatch.setattr(efficiency, "build_model", recording_build)
-    monkeypatch.setattr(efficiency, "train_step", recording_step)
-    results = efficiency.measure_in_process(
+    monkeypatch.setattr(workload, "build_model", recording_build)
+    monkeypatch.setattr(timing, "train_step", recording_step)
+    results = timing.measure_in_process(
         resolve_benchmark_model(str(tiny_bert_dir)), ["moc-ffn", "control", "ia3"],
         batch_size=1, seq_len=4, steps=3, warmup=1, rounds=2, log=lambda _m: None,
     )  # fmt: skip
@@ -171,7 +166,7 @@ def test_unknown_method_names_the_option(tiny_bert_dir: Path, tmp_path: Path) ->
         )
 
 
-def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_the_study_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path) -> None:
     report = run_efficiency_benchmark(
         [str(tiny_bert_dir)],
         ["control", "moc-ffn"],
@@ -185,6 +180,7 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
         output_dir=tmp_path,
         command="moc bench efficiency --test",
         log=lambda _msg: None,
+        write_report=write_efficiency_report,
     )
     text = report.read_text()
     assert "`moc bench efficiency --test`" in text
@@ -213,12 +209,17 @@ def test_report_is_generated_and_runs_merge(tiny_bert_dir: Path, tmp_path: Path)
 
 
 def _tiny_bench(model_dir: Path, output_dir: Path) -> Callable[..., Path]:
-    """One-step efficiency runs of a tiny model at batch 2 x 8 tokens, stored in `output_dir`."""
+    """One-step efficiency runs of a tiny model at batch 2 x 8 tokens, stored in `output_dir`, with the
+    study report."""
 
     def bench(**kw: object) -> Path:
         args = dict(batch_size=2, seq_lens=[8], steps=1, warmup=0, rounds=1, threads=1, measure_rss=False)
         return run_efficiency_benchmark(
-            [str(model_dir)], log=lambda _m: None, output_dir=output_dir, **{**args, **kw}
+            [str(model_dir)],
+            log=lambda _m: None,
+            output_dir=output_dir,
+            write_report=write_efficiency_report,
+            **{**args, **kw},
         )
 
     return bench
@@ -289,3 +290,28 @@ def test_saved_only_measures_the_saved_bytes_again_and_keeps_the_timings(
     assert [m["step_times"] for m in run["methods"]] == [m["step_times"] for m in timed["methods"]]
     assert (run["command"], run["saved_command"]) == ("timed", "saved")
     assert "- command: `timed`; saved bytes measured again by `saved`" in report.read_text()
+
+
+def test_by_default_the_plain_tables_of_every_stored_run_are_written(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    md = run_efficiency_benchmark(
+        [str(tiny_bert_dir)], ["moc-ffn"], 2, [8], 1, 0, 1, 1, False, tmp_path, "moc bench efficiency --t",
+        log=lambda _m: None,
+    )  # fmt: skip
+    assert md == tmp_path / "efficiency.md" and not (tmp_path / "efficiency.png").exists()
+    text = md.read_text()
+    assert text.startswith("# Efficiency measurements\n")
+    assert "`python benchmarks/efficiency.py --report-only --output-dir DIR`" in text
+    (run,) = json.loads((tmp_path / "efficiency.json").read_text())["runs"]
+    rows = {r["method"]: r for r in with_ratios(run)}
+    assert [r["method"] for r in run["methods"]] == ["control", "moc-ffn"]  # Control joins as reference
+    moc = rows["moc-ffn"]
+    assert (
+        f"| `moc-ffn` | {moc['trainable_params']:,} | {moc['saved_bytes'] / 2**20:.1f} "
+        f"| {moc['saved_vs_control']:.3f} | – | – | {moc['median_step_s']:.3f} | {moc['time_vs_control']:.3f} "
+        f"| control | {moc['saved_vs_same_site']:.3f} | {moc['time_vs_same_site']:.3f} |"
+    ) in text
+    lines = (tmp_path / "efficiency.csv").read_text().splitlines()
+    assert lines[0].startswith("model,model_type,batch_size,seq_len,steps,rounds,device,date_utc,method,")
+    assert [line.split(",")[8] for line in lines[1:]] == ["control", "moc-ffn"]

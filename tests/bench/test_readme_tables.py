@@ -9,18 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from moc_cli.bench.accuracy import (
-    load_finished,
-    record_key,
-)
-from moc_cli.bench.efficiency import load_runs
-from moc_cli.bench.readme import (
+from benchmarks.readme import (
     ReadmeError,
     efficiency_block,
     efficiency_targets_block,
     render_readme,
     replace_block,
 )
+from benchmarks.report import _loaded
+from moc_cli.bench import load_finished, load_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -103,7 +100,7 @@ def test_target_rows_pair_each_moc_variant_with_its_same_site_control_round_by_r
 def test_stored_results_load_with_one_record_per_cell() -> None:
     lines = (RESULTS / "accuracy.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
-    assert len(load_finished(RESULTS / "accuracy.jsonl")) == len({record_key(r) for r in records})
+    assert len(load_finished(RESULTS / "accuracy.jsonl")) == len({r["key"] for r in records})
 
 
 @pytest.mark.parametrize(
@@ -118,8 +115,6 @@ def test_stored_results_load_with_one_record_per_cell() -> None:
 def test_a_run_counts_as_loaded_only_beyond_the_benchmarks_own_threads(
     start: float, after: float, loaded: bool
 ) -> None:
-    from moc_cli.bench.report import _loaded
-
     machine = {"logical_cpus": 2, "torch_threads": 2, "load_average_start": [start, 0, 0]}
     assert _loaded({"machine": {**machine, "load_average_after_timing": [after, 0, 0]}}) is loaded
     # runs recorded before the after-timing figure existed: the load at the end

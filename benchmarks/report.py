@@ -1,4 +1,15 @@
-"""Markdown tables and charts generated from stored benchmark results (never edited by hand)."""
+"""The study reports: Markdown tables, charts and conclusions generated from the stored benchmark
+results (never edited by hand).
+
+- efficiency: `efficiency.md` and `efficiency.png` from `efficiency.json` (targets per MoC variant,
+  saved bytes per token as the sequence grows, ratio charts);
+- accuracy: `accuracy.md` and `accuracy.csv` from `accuracy.jsonl` (the sweep's choice, the main grid,
+  paired differences with t-intervals, ablations, routing diagnostics, the paragraph of what the
+  cells show), and the README's accuracy block.
+
+`moc bench` writes only plain tables of the same results (`moc_cli.bench.tables`); the study's
+definitions (tasks, grids, cell keys) come from `moc_cli.bench`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +19,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moc_cli.bench.methods import METHOD_DESCRIPTIONS
+from moc_cli.bench import (
+    ABLATION_REFERENCE,
+    ABLATION_SEEDS,
+    ABLATION_TASKS,
+    ABLATIONS,
+    BAR_MARGIN,
+    MAIN_SEEDS,
+    METHOD_DESCRIPTIONS,
+    METHODS,
+    SWEEP_RATES,
+    SWEEP_SEED,
+    SWEEP_TASKS,
+    TASKS,
+    Context,
+    make_cell,
+    select_learning_rates,
+    sweep_cells,
+    with_ratios,
+    write_accuracy_csv,
+)
+from moc_cli.methods import get_method
 
 MIB = 2**20
+EFFICIENCY_MD = "efficiency.md"
+EFFICIENCY_PNG = "efficiency.png"
+ACCURACY_MD = "accuracy.md"
+ACCURACY_CSV = "accuracy.csv"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -67,8 +102,6 @@ def _targets(rows: list[dict[str, Any]], loaded: bool = False) -> list[str]:
 
 
 def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.efficiency import with_ratios
-
     out = [
         "# Efficiency benchmark",
         "",
@@ -195,8 +228,6 @@ def efficiency_chart(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from moc_cli.bench.efficiency import with_ratios
-
     metrics = [
         ("saved_vs_control", "saved for backward × Control"),
         ("peak_vs_control", "peak memory × Control"),
@@ -233,15 +264,13 @@ def efficiency_chart(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_efficiency_report(runs: list[dict[str, Any]], output_dir: Path) -> Path:
-    from moc_cli.bench.efficiency import CHART_PNG, REPORT_MD
-
     output_dir = Path(output_dir)
-    md = output_dir / REPORT_MD
-    chart = output_dir / CHART_PNG
+    md = output_dir / EFFICIENCY_MD
+    chart = output_dir / EFFICIENCY_PNG
     text = efficiency_markdown(runs)
     if runs:
         efficiency_chart(runs, chart)
-        text += f"\n![ratios to Control]({CHART_PNG})\n"
+        text += f"\n![ratios to Control]({EFFICIENCY_PNG})\n"
     md.write_text(text)
     return md
 
@@ -249,7 +278,27 @@ def write_efficiency_report(runs: list[dict[str, Any]], output_dir: Path) -> Pat
 # ------------------------------------------------------------------------------------- accuracy
 #
 # Everything below reads the stored cells (accuracy.jsonl) and the study's definitions in
-# moc_cli/bench/accuracy.py; no figure is typed by hand.
+# moc_cli/bench/study.py; no figure is typed by hand.
+
+
+def _titled(method: str, settings: str) -> str:
+    """The methods table's title of `method`, followed by the study's settings."""
+    return get_method(method).title + settings
+
+
+# The study's methods as the report names them (the labels' overrides are `moc_cli.bench.METHODS`);
+# LoRA, DoRA and full fine-tuning start with their title in the methods table, MoC and Control are
+# named by their sites and settings, which the table (one entry per method) does not describe.
+STUDY_METHOD_DESCRIPTIONS: dict[str, str] = {
+    "moc": "MoC both-shared, r=16, top-1, α 0.95, balance loss 0.01 (the defaults)",
+    "control": "per-block Control on the same sites (attention + FFN), r=16",
+    "lora-qv": _titled("lora", " r=8 (lora_alpha 16) on query/value: Control's parameter count on one site"),
+    "lora-all": _titled("lora", " r=8 (lora_alpha 16) on all linear layers"),
+    "dora": _titled("dora", " r=8 (lora_alpha 16) on query/value"),
+    "full": _titled("full", " (the ceiling)"),
+}
+# MoC is compared with each of these, paired over seeds, in the main table and the README.
+COMPARED_WITH_MOC = ("control", "lora-qv")
 
 ACCURACY_RUN_COMMANDS = (
     "python benchmarks/accuracy.py --grid sweep --device cuda --workers 14",
@@ -336,10 +385,10 @@ METRIC_SHORT = {"matthews_correlation": "MCC", "accuracy": "acc."}
 
 @dataclass
 class AccuracyStudy:
-    """The stored cells read as the study defined in `moc_cli.bench.accuracy` (built by `build_study`)."""
+    """The stored cells read as the study defined in `moc_cli.bench` (built by `build_study`)."""
 
     records: dict[str, dict[str, Any]]
-    ctx: Any = None  # accuracy.Context of the tables (None: no cells)
+    ctx: Any = None  # the Context of the tables (None: no cells)
     choices: dict[str, Any] = field(default_factory=dict)  # method -> RateChoice
     rates: dict[str, float] = field(default_factory=dict)  # methods whose sweep is complete
     majority: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -355,8 +404,6 @@ class AccuracyStudy:
 
     def bar(self, task: str) -> float | None:
         """The task's bar in points: its fixed bar, else the majority baseline + BAR_MARGIN."""
-        from moc_cli.bench.accuracy import BAR_MARGIN, TASKS
-
         fixed = TASKS[task].bar
         if fixed is not None:
             return 100.0 * fixed
@@ -376,8 +423,6 @@ class AccuracyStudy:
 
     def trained_tasks(self) -> list[str]:
         """Tasks where full fine-tuning or LoRA reaches the bar: the ones that can separate methods."""
-        from moc_cli.bench.accuracy import TASKS
-
         out = []
         for task in TASKS:
             best, bar = self.ceiling(task), self.bar(task)
@@ -386,8 +431,6 @@ class AccuracyStudy:
         return out
 
     def untrained_tasks(self) -> list[str]:
-        from moc_cli.bench.accuracy import TASKS
-
         return [t for t in TASKS if self.ceiling(t) is not None and t not in self.trained_tasks()]
 
     def per_task(self, label: str, table: str = "main") -> dict[str, dict[int, float]]:
@@ -398,8 +441,6 @@ class AccuracyStudy:
 def _study_context(records: Sequence[Mapping[str, Any]]) -> Any:
     """The (precision, model, cap) most uncapped cells share; capped smoke cells only without any."""
     from collections import Counter
-
-    from moc_cli.bench.accuracy import Context
 
     uncapped = [r for r in records if not r.get("max_steps")]
     pool = uncapped or list(records)
@@ -412,21 +453,6 @@ def _study_context(records: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def build_study(records: Sequence[Mapping[str, Any]]) -> AccuracyStudy:
-    from moc_cli.bench.accuracy import (
-        ABLATION_REFERENCE,
-        ABLATION_SEEDS,
-        ABLATION_TASKS,
-        ABLATIONS,
-        MAIN_SEEDS,
-        METHODS,
-        SWEEP_RATES,
-        SWEEP_TASKS,
-        TASKS,
-        _cell,
-        select_learning_rates,
-        sweep_cells,
-    )
-
     by_key = {r["key"]: dict(r) for r in records if "key" in r and "precision" in r}
     study = AccuracyStudy(records=by_key)
     for r in by_key.values():
@@ -452,7 +478,7 @@ def build_study(records: Sequence[Mapping[str, Any]]) -> AccuracyStudy:
     def collect(target: dict, label: str, task: str, seeds: int, rate: float) -> int:
         found = 0
         for seed in range(seeds):
-            key = _cell("main", task, label, seed, rate, ctx).key
+            key = make_cell("main", task, label, seed, rate, ctx).key
             record = by_key.get(key)
             if record is None:
                 continue
@@ -484,8 +510,6 @@ def _task_header(study: AccuracyStudy, task: str) -> str:
 
 def main_table(study: AccuracyStudy) -> list[str]:
     """Per method and task: mean ± std over seeds (points), the majority baseline first."""
-    from moc_cli.bench.accuracy import METHODS, TASKS
-
     tasks = [t for t in TASKS if any((m, t) in study.main for m in METHODS)]
     if not tasks:
         return []
@@ -522,8 +546,6 @@ def main_table(study: AccuracyStudy) -> list[str]:
 
 def convergence_table(study: AccuracyStudy) -> list[str]:
     """Per task: majority baseline, the bar, the best of full fine-tuning and LoRA, and whether it clears."""
-    from moc_cli.bench.accuracy import BAR_MARGIN, TASKS
-
     rows = [
         "| task | validation rows | majority class | majority baseline | bar | best of full / LoRA | trained? |",
         "|---|---:|---|---:|---:|---:|---|",
@@ -553,8 +575,6 @@ def convergence_table(study: AccuracyStudy) -> list[str]:
 
 def comparison_rows(study: AccuracyStudy) -> list[dict[str, Any]]:
     """MoC minus each of COMPARED_WITH_MOC: per task and for the average over trained tasks."""
-    from moc_cli.bench.accuracy import COMPARED_WITH_MOC, TASKS
-
     rows: list[dict[str, Any]] = []
     if "moc" not in study.rates:
         return rows
@@ -599,8 +619,6 @@ def comparison_table(study: AccuracyStudy) -> list[str]:
 
 def sweep_table(study: AccuracyStudy) -> list[str]:
     """Every swept rate of every method on the sweep tasks (seed 0), with its mean normalised gain."""
-    from moc_cli.bench.accuracy import METHODS, SWEEP_RATES, SWEEP_SEED, SWEEP_TASKS, _cell
-
     if study.ctx is None or not study.done.get("sweep"):
         return []
     out = [
@@ -614,7 +632,7 @@ def sweep_table(study: AccuracyStudy) -> list[str]:
         for rate in SWEEP_RATES[m]:
             cells = []
             for task in SWEEP_TASKS:
-                r = study.records.get(_cell("sweep", task, m, SWEEP_SEED, rate, study.ctx).key)
+                r = study.records.get(make_cell("sweep", task, m, SWEEP_SEED, rate, study.ctx).key)
                 cells.append(
                     "–" if r is None else "diverged" if r.get("value") is None else f"{100 * r['value']:.1f}"
                 )
@@ -635,8 +653,6 @@ def sweep_table(study: AccuracyStudy) -> list[str]:
 def ablation_table(study: AccuracyStudy) -> list[str]:
     """Each ablation on the ablation tasks, and its paired difference from the reference MoC
     (per seed, the mean over the ablation tasks)."""
-    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS
-
     if not study.ablations:
         return []
     reference = seed_average(study.per_task(ABLATION_REFERENCE, "ablations"), list(ABLATION_TASKS))
@@ -666,14 +682,12 @@ def ablation_table(study: AccuracyStudy) -> list[str]:
 
 
 def _diagnostic_means(study: AccuracyStudy, label: str, task: str) -> dict[str, float] | None:
-    from moc_cli.bench.accuracy import _cell
-
     rate = study.rates.get("moc")
     if rate is None:
         return None
     sums: dict[str, list[float]] = {}
     for seed in range(10):
-        record = study.records.get(_cell("main", task, label, seed, rate, study.ctx).key)
+        record = study.records.get(make_cell("main", task, label, seed, rate, study.ctx).key)
         d = (record or {}).get("diagnostics") or {}
         if not d:
             continue
@@ -695,8 +709,6 @@ def _diagnostic_means(study: AccuracyStudy, label: str, task: str) -> dict[str, 
 
 def diagnostics_table(study: AccuracyStudy) -> list[str]:
     """MoC's routing at the end of training, from the runs' own logs, averaged over seeds."""
-    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS, TASKS
-
     rows = []
     for label in (ABLATION_REFERENCE, *ABLATIONS):
         for task in TASKS if label == ABLATION_REFERENCE else ABLATION_TASKS:
@@ -730,8 +742,6 @@ def _names(items: Sequence[str]) -> str:
 
 def accuracy_conclusion(study: AccuracyStudy) -> str:
     """The one paragraph that says what the stored cells do and do not show (from the numbers)."""
-    from moc_cli.bench.accuracy import ABLATION_REFERENCE, ABLATION_TASKS, ABLATIONS, TASKS
-
     if not study.done.get("main"):
         return (
             "The converged study is pending: "
@@ -829,17 +839,6 @@ def accuracy_conclusion(study: AccuracyStudy) -> str:
 
 
 def _protocol_lines(study: AccuracyStudy) -> list[str]:
-    from moc_cli.bench.accuracy import (
-        ABLATION_SEEDS,
-        ABLATION_TASKS,
-        MAIN_SEEDS,
-        METHOD_DESCRIPTIONS,
-        METHODS,
-        SWEEP_RATES,
-        SWEEP_TASKS,
-        TASKS,
-    )
-
     budget_rows = [
         "| task | train rows | epochs | batch | max length | steps | validation rows |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -864,7 +863,7 @@ def _protocol_lines(study: AccuracyStudy) -> list[str]:
         "- seeds are paired: a seed fixes the data order, the subsample and the classifier-head "
         "initialisation for every method alike",
         "- methods: "
-        + "; ".join(f"`{m}` {METHOD_DESCRIPTIONS[m]} (`{' '.join(METHODS[m])}`)" for m in METHODS),
+        + "; ".join(f"`{m}` {STUDY_METHOD_DESCRIPTIONS[m]} (`{' '.join(METHODS[m])}`)" for m in METHODS),
         "- seeds per method in the main grid: " + ", ".join(f"{m} {n}" for m, n in MAIN_SEEDS.items()),
         f"- learning rates: each method at each of its candidate rates on {_names(SWEEP_TASKS)}, seed 0 ("
         + "; ".join(f"{m}: {', '.join(f'{r:g}' for r in SWEEP_RATES[m])}" for m in METHODS)
@@ -912,9 +911,12 @@ def _run_lines(study: AccuracyStudy) -> list[str]:
     ]
 
 
-def accuracy_markdown(records: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.accuracy import ABLATIONS, display_label
+def display_label(grid: str, label: str, learning_rate: float) -> str:
+    """A cell's row name: sweep cells carry their rate (`moc lr=0.001`), others the label alone."""
+    return f"{label} lr={learning_rate:g}" if grid == "sweep" else label
 
+
+def accuracy_markdown(records: list[dict[str, Any]]) -> str:
     study = build_study(records)
     out = [
         "# Accuracy: MoC against Control, LoRA, DoRA and full fine-tuning (converged, paired seeds)",
@@ -1003,32 +1005,12 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-CSV_COLUMNS = (
-    "key", "task", "label", "seed", "learning_rate", "precision", "model_tag", "max_steps", "metric", "value",
-    "majority", "train_steps", "trainable_params", "wall_s", "device", "threads", "workers",
-    "load_average_start", "started_utc",
-)  # fmt: skip
-
-
 def write_accuracy_report(records: list[dict[str, Any]], output_dir: Path) -> Path:
     """`accuracy.md` and `accuracy.csv` in `output_dir`, from the stored cells."""
-    import csv
-
-    from moc_cli.bench.accuracy import REPORT_CSV, REPORT_MD
-
     output_dir = Path(output_dir)
-    md = output_dir / REPORT_MD
+    md = output_dir / ACCURACY_MD
     md.write_text(accuracy_markdown(records), encoding="utf-8")
-    with (output_dir / REPORT_CSV).open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for r in sorted(
-            records, key=lambda r: (r["task"], r["label"], r["learning_rate"], r["seed"], r["key"])
-        ):
-            row = dict(r)
-            row["majority"] = (r.get("majority") or {}).get("value")
-            row["load_average_start"] = (r.get("load_average_start") or [None])[0]
-            writer.writerow([row.get(c) for c in CSV_COLUMNS])
+    write_accuracy_csv(records, output_dir / ACCURACY_CSV)
     return md
 
 

@@ -1,5 +1,8 @@
 """The README's benchmark tables, generated from the stored results (never typed by hand).
 
+Run by `benchmarks/readme_tables.py`, and by the efficiency and accuracy scripts after a run that
+wrote into the repository's own `benchmarks/results/`.
+
 The README marks each generated block with `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`;
 `update_readme` rewrites what lies between the markers, and a test checks that the committed
 README equals what the committed results produce.
@@ -11,7 +14,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from moc_cli.bench.report import MIB, _fmt, _loaded, accuracy_readme_block
+from benchmarks.report import MIB, _fmt, _loaded, accuracy_readme_block
+from moc_cli.bench import (
+    RESULTS_JSON,
+    RESULTS_JSONL,
+    SAME_SITE_CONTROL,
+    load_finished,
+    load_runs,
+    paired_time_ratio,
+    with_ratios,
+)
 
 # Rows of the headline efficiency table: (method in efficiency.json, label in the README).
 HEADLINE_METHODS = (
@@ -47,9 +59,6 @@ def _ratio(value: float | None, reference: float | None, spec: str = ".3f") -> s
 
 
 def efficiency_block(runs: list[dict[str, Any]]) -> str:
-    from moc_cli.bench.efficiency import paired_time_ratio
-    from moc_cli.bench.methods import SAME_SITE_CONTROL
-
     run = _headline_run(runs)
     rows = {r["method"]: r for r in run["methods"]}
     timed = run["steps"] > 0
@@ -85,9 +94,6 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
 
 def efficiency_targets_block(runs: list[dict[str, Any]]) -> str:
     """Every stored run's MoC variants against their same-site Control: saved bytes × and step × (paired)."""
-    from moc_cli.bench.efficiency import with_ratios
-    from moc_cli.bench.methods import SAME_SITE_CONTROL
-
     moc_variants = list(SAME_SITE_CONTROL)
     if not runs:
         raise ReadmeError("efficiency.json has no runs; run benchmarks/efficiency.py first")
@@ -141,9 +147,6 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 def render_readme(text: str, results_dir: Path) -> str:
     """`text` with every generated block recomputed from the results in `results_dir`."""
-    from moc_cli.bench.accuracy import RESULTS_JSONL, load_finished
-    from moc_cli.bench.efficiency import RESULTS_JSON, load_runs
-
     runs = load_runs(results_dir / RESULTS_JSON)
     text = replace_block(text, "efficiency", efficiency_block(runs))
     text = replace_block(text, "efficiency-targets", efficiency_targets_block(runs))
