@@ -1,8 +1,9 @@
 """moc_cli: Mixture-of-Control (MoC) as a peft tuner, plus the `moc` recipe CLI.
 
 Importing the package makes MoC (and the MoLEx baseline) known to peft, so every entry point must
-`import moc_cli` before loading a saved adapter. Registration happens at once when peft is already
-imported, and otherwise the moment it is (a one-shot post-import hook). `import moc_cli` itself
+`import moc_cli` before loading a saved adapter. This module is the one place that registers them:
+each tuner package is registered the moment its own import completes, and once peft is imported
+both are imported (at once when peft already is, otherwise when it is). `import moc_cli` itself
 therefore loads neither torch nor peft, which keeps `moc --help` and the config commands quick.
 """
 
@@ -30,23 +31,25 @@ _LAZY = {
     "register_moc": "moc_cli.tuner",
     "load_exported": "moc_cli.export",
 }
-# Each registers its peft method when imported.
-_TUNER_PACKAGES = ("moc_cli.tuner", "moc_cli.baselines")
+# The packages that add a method to peft, and the (idempotent) function of each that registers it.
+_TUNER_PACKAGES = {"moc_cli.tuner": "register_moc", "moc_cli.baselines": "register_molex"}
 
 
-def _register_with_peft() -> None:
+def _import_tuner_packages() -> None:
+    """Import the tuner packages; `_RegisterWithPeft` registers each as its import completes."""
     for name in _TUNER_PACKAGES:
-        # A package that is mid-import (peft was pulled in by its own imports) registers itself
-        # when its import finishes.
+        # A package that is mid-import (peft was pulled in by its own imports) is registered when
+        # its import completes.
         if name not in sys.modules:
             importlib.import_module(name)
 
 
-class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
-    """Finds `peft` through the normal finders and runs `_register_with_peft` once it has loaded.
+class _RegisterWithPeft(importlib.abc.MetaPathFinder):
+    """Finds `peft` and the tuner packages through the normal finders and acts once each has loaded.
 
-    It stays installed until peft is really executed: `importlib.util.find_spec("peft")` alone (as
-    transformers' availability checks do) must not use it up.
+    After a tuner package runs, its registration function is called; after `peft` runs, the tuner
+    packages are imported. `importlib.util.find_spec("peft")` alone (as transformers' availability
+    checks do) executes nothing and so triggers nothing.
     """
 
     searching = False
@@ -54,7 +57,7 @@ class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "peft" or self.searching:
+        if (fullname != "peft" and fullname not in _TUNER_PACKAGES) or self.searching:
             return None
         self.searching = True  # the lookup below goes through sys.meta_path again
         try:
@@ -68,18 +71,19 @@ class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module: ModuleType) -> None:
             exec_module(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            _register_with_peft()
+            if fullname == "peft":
+                _import_tuner_packages()
+            else:
+                getattr(module, _TUNER_PACKAGES[fullname])()
 
         loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 
 
+if not any(isinstance(f, _RegisterWithPeft) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWithPeft())
 if "peft" in sys.modules:
-    _register_with_peft()
-elif not any(isinstance(f, _RegisterAfterPeftImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterPeftImport())
+    _import_tuner_packages()
 
 
 def __getattr__(name: str) -> Any:

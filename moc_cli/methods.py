@@ -43,6 +43,8 @@ class Method:
     # accepts r=0, which would fail only when the model is built).
     bounds: Mapping[str, Mapping[str, float]] = field(default_factory=_frozen)
     mergeable: bool = False  # its update folds into the base weights (merge-export --format merged)
+    # Why it does not fold (methods that are not mergeable): merge-export's refusal and the card's note.
+    no_merge_reason: str | None = None
     baseline: bool = True  # a comparison point, not MoC itself
     # MoC or its per-block special case: target_modules name transformer layers, routing statistics
     # are logged, and the adapter acts on hidden states (no merge, no LoRA-only serving stack).
@@ -91,6 +93,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 excluded=_MOC_EXCLUDED,
                 baseline=False,
                 moc_family=True,
+                no_merge_reason="its routing is input-dependent and its controls sit parallel to non-linear "
+                "sub-blocks (attention, FFN), so there is no static weight delta to fold",
             ),
             Method(
                 name="control",
@@ -101,6 +105,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 excluded=_MOC_EXCLUDED,
                 implied=_frozen({"global_control": False}),
                 moc_family=True,
+                no_merge_reason="its controls sit parallel to non-linear sub-blocks (attention, FFN), so "
+                "there is no static weight delta to fold",
             ),
             Method(
                 name="lora",
@@ -150,6 +156,8 @@ METHODS: Mapping[str, Method] = MappingProxyType(
                 peft_type="MOLEX",
                 # target_modules is filled from layers_pattern; the other two are only read by peft.
                 excluded=("target_modules", "target_parameters", "exclude_modules"),
+                no_merge_reason="MoLEx mixes whole pretrained layers per input, so there is no static "
+                "weight delta to fold",
             ),
         )
     }

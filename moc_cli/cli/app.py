@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import sys
 from typing import Annotated
 
 import typer
 
-from moc_cli.cli import eval_cmd, inspect_cmds, sweep, train
+from moc_cli.cli import bench, eval_cmd, inspect_cmds, merge_export, predict, sweep, train
 from moc_cli.cli.common import STATE
 
 app = typer.Typer(
@@ -62,16 +60,9 @@ app.command("validate", epilog=inspect_cmds.VALIDATE_EPILOG)(inspect_cmds.valida
 app.command("env", epilog=inspect_cmds.ENV_EPILOG)(inspect_cmds.env)
 app.command("schema", epilog=inspect_cmds.SCHEMA_EPILOG)(inspect_cmds.schema)
 app.command("sweep", epilog=sweep.EPILOG)(sweep.sweep)
-
-# Commands owned by other modules; registered only when present so the app works in partial checkouts.
-OPTIONAL_COMMANDS = {
-    "merge-export": ("moc_cli.cli.merge_export", "merge_export"),
-    "predict": ("moc_cli.cli.predict", "predict"),
-    "bench": ("moc_cli.cli.bench", "bench"),
-}
-for _name, (_module, _attr) in OPTIONAL_COMMANDS.items():
-    if importlib.util.find_spec(_module) is not None:
-        app.command(_name)(getattr(importlib.import_module(_module), _attr))
+app.command("merge-export")(merge_export.merge_export)
+app.command("predict")(predict.predict)
+app.command("bench")(bench.bench)
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ def quiet_library_noise() -> None:
 quiet_library_noise()
 
 # Exit codes (listed for users in README.md, "The CLI"; 143 for SIGTERM is EXIT_TERMINATED in train.py)
-EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

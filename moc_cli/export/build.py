@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,13 +13,6 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-AUTO_CLASS_BY_KIND = {
-    "seq_cls": "AutoModelForSequenceClassification",
-    "regression": "AutoModelForSequenceClassification",
-    "multiple_choice": "AutoModelForMultipleChoice",
-    "causal_lm": "AutoModelForCausalLM",
-}
-
 
 @dataclass
 class TaskInfo:
@@ -30,16 +22,6 @@ class TaskInfo:
     kind: str
     label_names: list[str] | None = None
     num_labels: int = 0
-
-
-def register_methods() -> None:
-    """Make peft know MoC and MoLEx (their registration runs on import)."""
-    import moc_cli  # noqa: F401
-
-    for module in ("moc_cli.tuner", "moc_cli.baselines"):
-        # Not every checkout ships every tuner; peft's own methods need neither.
-        with contextlib.suppress(ImportError):
-            __import__(module)
 
 
 def _head_rows(source: ExportSource) -> int | None:
@@ -65,18 +47,15 @@ def task_info(source: ExportSource) -> TaskInfo:
     """Task kind and labels: from the task registry when the run names a task, else from the adapter."""
     name = source.task_name
     if name:
+        from moc_cli.tasks.registry import get_task
+
         try:
-            from moc_cli.tasks.registry import get_task
-        except ImportError:
-            get_task = None
-        if get_task is not None:
-            try:
-                task = get_task(name)
-            except (KeyError, ValueError, ImportError):
-                # Unknown here (e.g. a task from a plugin not installed): fall back to the adapter.
-                task = None
-            if task is not None:
-                return TaskInfo(task.name, task.kind, list(task.label_names or []) or None, task.num_labels)
+            task = get_task(name)
+        except (KeyError, ValueError, ImportError):
+            # Unknown here (e.g. a task from a plugin not installed): fall back to the adapter.
+            task = None
+        if task is not None:
+            return TaskInfo(task.name, task.kind, list(task.label_names or []) or None, task.num_labels)
     task_type = str(source.adapter_config.get("task_type") or "").upper()
     kind = PEFT_TASK_TYPE_TO_KIND.get(task_type)
     if kind is None:
@@ -98,14 +77,14 @@ def build_tokenizer_and_base(
     source: ExportSource, allow_pickle: bool, dtype: str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, TaskInfo]:
     """The base model with its task head, built the way the training runner built it."""
-    from moc_cli.training.model_factory import build_model, build_tokenizer, resolve_source
+    from moc_cli.models import build_model, build_tokenizer, resolve_source
 
     info = task_info(source)
     model_cfg = dict(source.model_section)
     if dtype is not None:
         model_cfg["dtype"] = dtype
-    # The model factory's allow_pickle forbids safetensors altogether, so ask for it only when the
-    # local base has nothing but pickles (an allowed pickle adapter is read by peft itself).
+    # --allow-pickle relaxes the base's loading only where a local base has nothing but pickles (a
+    # Hub base stays safetensors-only); an allowed pickle adapter is read by peft itself.
     try:
         base = resolve_source(source.base_model)
     except ImportError as err:  # AssetNotInstalledError carries the pip command
@@ -133,7 +112,6 @@ def load_peft_model(
     """
     from peft import PeftModel
 
-    register_methods()
     model, tokenizer, info = build_tokenizer_and_base(source, allow_pickle, dtype)
     if source.is_full:
         model.eval()
@@ -190,7 +168,6 @@ def stripped_peft_config(adapter_config: dict[str, Any]) -> Any:
     """The adapter's peft config for re-injection into a bare model (heads are plain weights there)."""
     from peft.config import PeftConfigMixin
 
-    register_methods()
     fields = dict(adapter_config)
     fields["modules_to_save"] = None
     fields["task_type"] = None

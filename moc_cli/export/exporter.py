@@ -10,16 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moc_cli.export.atomic import atomic_directory, remove_stale_partials
+from moc_cli.atomic_dir import atomic_directory, remove_stale_partials
 from moc_cli.export.bundle import MANIFEST
 from moc_cli.export.errors import ExportError
-from moc_cli.export.source import (
-    ADAPTER_SUBDIRS,
-    FOLDABLE_METHODS,
-    UNFOLDABLE_METHODS,
-    ExportSource,
-    resolve_source,
-)
+from moc_cli.export.source import ADAPTER_SUBDIRS, ExportSource, resolve_source
+from moc_cli.methods import METHODS
+from moc_cli.model_card import merge_refusal
 
 FORMATS = ("bundle", "merged", "onnx")
 
@@ -86,20 +82,8 @@ def staleness(manifest: dict[str, Any], current: dict[str, Any]) -> str | None:
 
 def default_format(source: ExportSource) -> str:
     """`merged` where the update folds into the weights (or full fine-tuning), `bundle` otherwise."""
-    return "merged" if source.method in (*FOLDABLE_METHODS, "full") else "bundle"
-
-
-def merge_refusal(method: str) -> str:
-    return (
-        f"--format merged is not possible for method {method!r}: "
-        + (
-            "MoC routing is input-dependent and its controls sit parallel to non-linear sub-blocks "
-            "(attention, FFN), so there is no static weight delta to fold into the base weights"
-            if method in ("moc", "control")
-            else "MoLEx mixes whole pretrained layers per input, so there is no static weight delta to fold"
-        )
-        + ". Use --format bundle (loads with moc_cli.load_exported) or --format onnx."
-    )
+    method = METHODS.get(source.method)
+    return "merged" if method is not None and method.mergeable else "bundle"
 
 
 def default_output(source: ExportSource, fmt: str) -> Path:
@@ -152,8 +136,9 @@ def export(
     fmt = (fmt or default_format(source)).lower()
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if fmt == "merged" and (source.method in UNFOLDABLE_METHODS or source.peft_type in ("MOC", "MOLEX")):
-        raise ExportError(merge_refusal(source.method if source.method in UNFOLDABLE_METHODS else "moc"))
+    refusal = merge_refusal(source.method) if fmt == "merged" else None
+    if refusal is not None:
+        raise ExportError(refusal)
     if fmt == "onnx":
         from moc_cli.export.onnx_export import require_onnx
 
@@ -181,15 +166,15 @@ def export(
 def _build(
     source: ExportSource, fmt: str, work: Path, target: Path, allow_pickle: bool, max_shard_bytes: int | None
 ) -> dict[str, Any]:
-    from moc_cli.export.build import AUTO_CLASS_BY_KIND, load_peft_model, unwrap
-    from moc_cli.export.card import render_card
+    from moc_cli.export.build import load_peft_model, unwrap
     from moc_cli.export.weights import DEFAULT_MAX_SHARD_BYTES
+    from moc_cli.models import auto_class_name
 
     # onnxruntime's CPU kernels are float32: upcast a bf16/fp16 backbone (lossless; controls are fp32).
     dtype = "float32" if fmt == "onnx" else None
     peft_model, tokenizer, info = load_peft_model(source, allow_pickle=allow_pickle, dtype=dtype)
     base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-    auto_class = AUTO_CLASS_BY_KIND[info.kind]
+    auto_class = auto_class_name(info.kind)
     meta: dict[str, Any] = {
         "auto_class": auto_class,
         "task": {"name": info.name, "kind": info.kind},
@@ -237,5 +222,47 @@ def _build(
             manifest["onnx"] = export_onnx(module, tokenizer, info.kind == "causal_lm", work)
             base.config.save_pretrained(str(work))
             tokenizer.save_pretrained(str(work))
-    (work / "README.md").write_text(render_card(source, fmt, auto_class, target, info.name))
+    (work / "README.md").write_text(_card(source, fmt, auto_class, target, info.name))
     return manifest
+
+
+def _card(source: ExportSource, fmt: str, auto_class: str, target: Path, task_name: str) -> str:
+    from moc_cli.model_card import CardFacts, render_model_card
+
+    data = source.run_config.get("data") or {}
+    dataset = data.get("path") or data.get("name")
+    results = source.eval_results or {}
+    facts = CardFacts(
+        method=source.method,
+        base_model=source.base_model,
+        task=task_name,
+        auto_class=auto_class,
+        recipe=source.run_config.get("recipe"),
+        dataset=str(dataset) if dataset else None,
+        dtype=source.model_section.get("dtype"),
+        # The runner keeps per-split metrics under "metrics"; other layouts are shown whole.
+        metrics=results.get("metrics", results),
+        trainable_params=saved_parameter_count(source.adapter_dir),
+        run=str(source.root),
+    )
+    return render_model_card(facts, export_format=fmt, path=str(target))
+
+
+def saved_parameter_count(adapter_dir: Path) -> int | None:
+    """Parameters saved in the adapter folder (controls, routers and trained heads)."""
+    from safetensors import safe_open
+
+    adapter = adapter_dir / "adapter_model.safetensors"
+    # Full fine-tuning saves the whole model in the adapter folder: every parameter was trained.
+    files = [adapter] if adapter.is_file() else sorted(adapter_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for weights in files:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                count = 1
+                for dim in handle.get_slice(key).get_shape():
+                    count *= int(dim)
+                total += count
+    return total

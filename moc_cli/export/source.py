@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from moc_cli.export.errors import ExportError
+from moc_cli.methods import method_of_adapter
 
-# Methods whose update is a static weight delta that peft can fold into the base weights.
-FOLDABLE_METHODS = ("lora", "dora", "ia3")
-# Methods that need their own modules at inference (routing / parallel controls / layer mixing).
-UNFOLDABLE_METHODS = ("moc", "control", "molex")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 ADAPTER_SUBDIRS = ("adapter", "final/adapter")
 PEFT_TASK_TYPE_TO_KIND = {"SEQ_CLS": "seq_cls", "CAUSAL_LM": "causal_lm"}
 
@@ -63,47 +59,29 @@ class ExportSource:
 
     @property
     def method(self) -> str:
-        """Method name in the config's vocabulary (moc, control, lora, dora, ia3, molex, ...)."""
+        """`method.name` of the run (moc, control, lora, ...), else read from the adapter config; the
+        lower-cased peft type for an adapter of a method moc_cli does not know."""
         name = (self.run_config.get("method") or {}).get("name")
         if name:
             return str(name).lower()
         if self.is_full:
             return "full"
-        peft_type = str(self.adapter_config.get("peft_type", "")).upper()
-        if peft_type == "LORA":
-            return "dora" if self.adapter_config.get("use_dora") else "lora"
-        if peft_type == "MOC":
-            # A MoC adapter without a global mixture is the per-block Control baseline.
-            return "control" if self.adapter_config.get("global_control") is False else "moc"
-        return peft_type.lower()
+        return method_of_adapter(self.adapter_config) or self.peft_type.lower()
 
     @property
     def peft_type(self) -> str:
         return str(self.adapter_config.get("peft_type", "")).upper()
 
-    def pickle_files(self) -> list[Path]:
-        """Pickle weight files export would have to read (adapter, or a local base without safetensors)."""
-        found: list[Path] = []
-        if not any(self.adapter_dir.glob("*.safetensors")):
-            found += _pickles(self.adapter_dir)
-        base = Path(self.base_model)
-        if base.is_dir() and not any(base.glob("*.safetensors")):
-            found += _pickles(base)
-        return found
-
     def refuse_pickles(self, allow_pickle: bool) -> None:
-        """Raise ExportError listing `pickle_files()` unless the user passed --allow-pickle."""
-        pickles = self.pickle_files()
-        if pickles and not allow_pickle:
-            raise ExportError(
-                "refusing to read pickle weight files (they can run arbitrary code when loaded): "
-                + ", ".join(str(p) for p in pickles)
-                + "; convert them to safetensors, or pass --allow-pickle if you trust them"
-            )
+        """Raise ExportError naming the pickle weight files export would read (the adapter's, or a
+        local base's), unless the user passed --allow-pickle."""
+        from moc_cli.reliability.safety import UnsafeWeightsError, check_weights_safe
 
-
-def _pickles(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+        try:
+            for folder in (self.adapter_dir, Path(self.base_model)):
+                check_weights_safe(folder, allow_pickle)
+        except UnsafeWeightsError as err:
+            raise ExportError(str(err)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -170,13 +170,3 @@ def check_adapter_compatible(adapter_dir: str | os.PathLike[str], base_model: to
         raise AdapterMismatchError(
             f"{intro}: {len(absent)} adapter tensors are missing from {weights_path.name}, e.g. {absent[0]}. {fix}"
         )
-
-
-def load_adapter_checked(
-    base_model: torch.nn.Module, adapter_dir: str | os.PathLike[str], **kwargs: Any
-) -> torch.nn.Module:
-    """`check_adapter_compatible` then `PeftModel.from_pretrained(base_model, adapter_dir, **kwargs)`."""
-    from peft import PeftModel
-
-    check_adapter_compatible(adapter_dir, base_model)
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), **kwargs)

@@ -1,7 +1,10 @@
-"""Loading policy: safetensors only, no remote code, safe YAML, unless the user opts in.
+"""Loading policy: safetensors only, no remote code, unless the user opts in.
 
-Pickle files (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`) execute code when unpickled, and
-turning `trust_remote_code` on imports Python from a model folder; both need an explicit flag.
+Pickle files (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`, `*.pkl`, `*.pickle`) execute code when unpickled,
+and turning `trust_remote_code` on imports Python from a model folder; both need an explicit flag.
+Building a model (`moc_cli.models`), evaluating a run and exporting one all apply this policy
+through the functions below: `check_weights_safe` for local folders, `from_pretrained_kwargs` for
+what `from_pretrained` may read, `resolve_trust_remote_code` for remote code.
 `find_unsafe_calls` is the static check the test suite runs over the package: no `yaml.load`
 without a safe loader, no `yaml.unsafe_load`/`full_load`, no `pickle.load(s)`, no `torch.load`
 without `weights_only=True`, and no literal `trust_remote_code=True` (it must come from config).
@@ -15,8 +18,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -24,11 +25,12 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TRAINER_STATE_FILES = frozenset(
     {"training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt", "rng_state.pth"}
 )
+# How a command line allows pickle weights; a run config allows them with `model.allow_pickle: true`.
 ALLOW_PICKLE_FLAG = "--allow-pickle"
 
 
 class UnsafeWeightsError(ValueError):
-    """A model or adapter folder holds pickle weights and pickle loading was not allowed."""
+    """A model or adapter folder holds only pickle weights and pickle loading was not allowed."""
 
 
 def pickle_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
@@ -46,23 +48,37 @@ def pickle_weight_files(model_dir: str | os.PathLike[str]) -> list[Path]:
     )
 
 
-def check_weights_safe(model_dir: str | os.PathLike[str], allow_pickle: bool = False) -> None:
-    """Raise `UnsafeWeightsError` naming the file and `--allow-pickle` if `model_dir` has pickle weights.
+def pickle_weights_to_load(model_dir: str | os.PathLike[str]) -> list[Path]:
+    """The pickle weight files loading `model_dir` would read.
 
-    With `allow_pickle=True` this only logs a warning. Hub ids (not local folders) are not checked
-    here; pass `use_safetensors=True` to `from_pretrained` for them (see `from_pretrained_kwargs`).
+    None when the folder holds safetensors weights (transformers and peft prefer them) or is not a
+    local folder (a Hub id: pass `from_pretrained_kwargs()` to `from_pretrained` instead).
     """
-    pickled = pickle_weight_files(model_dir)
+    root = Path(model_dir)
+    if not root.is_dir() or any(root.glob("*.safetensors")):
+        return []
+    return pickle_weight_files(root)
+
+
+def check_weights_safe(
+    model_dir: str | os.PathLike[str], allow_pickle: bool = False, opt_in: str = f"pass {ALLOW_PICKLE_FLAG}"
+) -> None:
+    """Raise `UnsafeWeightsError` naming the pickle files loading `model_dir` would read, and the fix.
+
+    `opt_in` says how the user allows them (`pass --allow-pickle`, `set model.allow_pickle=true`).
+    With `allow_pickle=True` this only logs a warning.
+    """
+    pickled = pickle_weights_to_load(model_dir)
     if not pickled:
         return
-    names = ", ".join(str(p) for p in pickled)
     if allow_pickle:
+        names = ", ".join(str(p) for p in pickled)
         logger.warning("Loading pickle weight files because pickle loading was allowed: %s", names)
         return
     raise UnsafeWeightsError(
-        f"{names}: pickle weight files can run arbitrary code when loaded and are refused by default. "
-        f"Convert them to safetensors (model.save_pretrained(dir) writes model.safetensors), or pass "
-        f"{ALLOW_PICKLE_FLAG} if you trust the file."
+        f"{model_dir} has no safetensors weights, only pickle files ({', '.join(p.name for p in pickled)}), "
+        "which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) writes "
+        f"model.safetensors), or {opt_in} if you trust them"
     )
 
 
@@ -82,16 +98,6 @@ def from_pretrained_kwargs(
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     return kwargs
-
-
-def safe_load_yaml(source: str | os.PathLike[str]) -> Any:
-    """`yaml.safe_load` of a file path (a `Path`, or a string naming an existing file) or of YAML text."""
-    if isinstance(source, os.PathLike) or (
-        isinstance(source, str) and "\n" not in source and Path(source).is_file()
-    ):
-        with open(source, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    return yaml.safe_load(source)
 
 
 # ---------------------------------------------------------------- static scan

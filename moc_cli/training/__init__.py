@@ -8,17 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from moc_cli.models import build_model_and_tokenizer
     from moc_cli.training.errors import RunInterrupted, RunSetupError
     from moc_cli.training.evaluation import run_eval
     from moc_cli.training.methods import apply_method
-    from moc_cli.training.model_factory import build_model_and_tokenizer
     from moc_cli.training.runner import run_training
 
 _EXPORTS = {
     "run_training": "moc_cli.training.runner",
     "run_eval": "moc_cli.training.evaluation",
     "apply_method": "moc_cli.training.methods",
-    "build_model_and_tokenizer": "moc_cli.training.model_factory",
+    "build_model_and_tokenizer": "moc_cli.models",
     "RunSetupError": "moc_cli.training.errors",
     "RunInterrupted": "moc_cli.training.errors",
 }

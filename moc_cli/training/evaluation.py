@@ -89,7 +89,7 @@ def _build_eval_model(cfg: RunConfig, task: Any, adapter: Path) -> tuple[Any, An
     """(model, tokenizer): base + adapter for peft runs, the saved model itself for full fine-tuning."""
     import transformers
 
-    from moc_cli.training.model_factory import build_model, build_tokenizer, resolve_source
+    from moc_cli.models import build_model, build_tokenizer, resolve_source
 
     transformers.set_seed(cfg.seed)
     # Trainer saved the run's tokenizer (pad token included) next to the adapter; prefer it.

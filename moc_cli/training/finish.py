@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.environment import versions
-from moc_cli.training.run_dir import RunDir, replace_dir, write_json
+from moc_cli.atomic_dir import replace_dir
+from moc_cli.training.run_dir import RunDir, write_json
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -77,8 +77,9 @@ def save_final_adapter(trainer: Trainer, run: RunDir, card: str | None) -> None:
 
 def finish(ctx: RunContext, parts: TrainingParts) -> Path:
     """Final evaluation of every eval split, the adapter and its card, plots and results.json."""
+    from moc_cli.model_card import CardFacts, render_model_card
+    from moc_cli.models import auto_class_name
     from moc_cli.training.callbacks import read_metrics
-    from moc_cli.training.model_card import render_model_card
     from moc_cli.training.plots import plot_curves, plot_routing
     from moc_cli.training.scoring import evaluate_split, generation_metrics, last_step_evaluation
     from moc_cli.training.summary import format_summary, stable_metrics, summary_record
@@ -126,20 +127,19 @@ def finish(ctx: RunContext, parts: TrainingParts) -> Path:
         save_final_adapter(trainer, run, None)
         return run.root
 
-    used = versions(("moc_cli", "peft", "transformers", "torch"))
-    card = render_model_card(
-        base_model=parts.source,
-        base_model_name=cfg.model.name_or_path,
+    facts = CardFacts(
         method=cfg.method.name,
-        recipe=cfg.recipe,
+        # As the user named it: the folder it resolved to may lie inside this machine's virtualenv.
+        base_model=cfg.model.name_or_path or parts.source,
         task=task.name,
+        auto_class=auto_class_name(task.kind),
+        recipe=cfg.recipe or "custom config",
         dataset=_dataset_name(cfg, task),
         metrics=split_metrics.get(main_split, {}) if main_split else {},
         trainable_params=parts.trainable,
         total_params=parts.total,
-        versions=used,
-        auto_class=_auto_class_name(task),
     )
+    card = render_model_card(facts)
     save_final_adapter(trainer, run, card)
 
     events = read_metrics(run.metrics)
@@ -181,12 +181,3 @@ def _dataset_name(cfg: RunConfig, task: Task) -> str | None:
     if task.hub_path:
         return f"{task.hub_path}" + (f" ({task.hub_name})" if task.hub_name else "")
     return None
-
-
-def _auto_class_name(task: Task) -> str:
-    return {
-        "seq_cls": "AutoModelForSequenceClassification",
-        "regression": "AutoModelForSequenceClassification",
-        "multiple_choice": "AutoModelForMultipleChoice",
-        "causal_lm": "AutoModelForCausalLM",
-    }[task.kind]

@@ -104,15 +104,10 @@ def estimate_memory(cfg: RunConfig) -> MemoryEstimate:
     import torch
     from transformers import AutoConfig
 
+    from moc_cli.models import auto_model_class, head_config_kwargs, model_kwargs, resolve_source
+    from moc_cli.profiling import saved_tensor_bytes
     from moc_cli.training.data import load_task
     from moc_cli.training.methods import apply_method
-    from moc_cli.training.model_factory import (
-        auto_model_class,
-        head_config_kwargs,
-        model_kwargs,
-        resolve_source,
-    )
-    from moc_cli.profiling import saved_tensor_bytes
 
     task = load_task(cfg.task)
     model_cfg, training = cfg.model, cfg.training

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from moc_cli.atomic_dir import replace_dir as replace_dir  # the run's folders are swapped in with it
 from moc_cli.environment import cuda_devices, git_sha, versions
 from moc_cli.training.errors import RunSetupError
 
@@ -286,20 +287,6 @@ def temp_dir_beside(final: Path) -> Path:
     """A fresh temporary directory in `final`'s parent (same filesystem, so `os.replace` is atomic)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a completed `tmp` directory to `final`, never leaving a half-written `final` behind."""
-    old = None
-    if final.exists():
-        # rename() cannot replace a non-empty directory: move the old one aside first.
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def environment_record(seed: int | None, provenance: dict[str, str] | None) -> dict[str, Any]:

@@ -153,6 +153,7 @@ def _build(ctx: RunContext) -> TrainingParts:
     from transformers import PrinterCallback, Trainer
 
     from moc_cli.methods import get_method
+    from moc_cli.models import build_model_and_tokenizer
     from moc_cli.training.arguments import training_arguments
     from moc_cli.training.callbacks import (
         MetricsJsonlCallback,
@@ -162,7 +163,6 @@ def _build(ctx: RunContext) -> TrainingParts:
     )
     from moc_cli.training.data import load_run_data, load_task
     from moc_cli.training.methods import apply_method, count_parameters
-    from moc_cli.training.model_factory import build_model_and_tokenizer
     from moc_cli.training.scoring import quiet_progress
 
     cfg, run = ctx.cfg, ctx.run

@@ -14,7 +14,7 @@ from peft import PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from transformers import BertConfig, BertForSequenceClassification, BertModel, LlamaConfig, LlamaForCausalLM
 
-from moc_cli.baselines import MolexConfig, MolexLayer, MolexModel, MolexPeftType, register
+from moc_cli.baselines import MolexConfig, MolexLayer, MolexModel, MolexPeftType, register_molex
 
 torch.set_num_threads(1)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,16 +57,34 @@ def batch(seed: int = 1) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def test_register_is_idempotent_and_fills_the_peft_mappings() -> None:
-    register()
-    register()
-    assert PEFT_TYPE_TO_CONFIG_MAPPING["MOLEX"] is MolexConfig
-    assert PEFT_TYPE_TO_TUNER_MAPPING["MOLEX"] is MolexModel
+def test_importing_the_package_registered_molex_and_registering_again_changes_nothing() -> None:
+    entries = (PEFT_TYPE_TO_CONFIG_MAPPING["MOLEX"], PEFT_TYPE_TO_TUNER_MAPPING["MOLEX"])
+    assert entries == (MolexConfig, MolexModel)
+    assert PEFT_TYPE_TO_PREFIX_MAPPING["MOLEX"] == "molex_"
+    register_molex()
+    assert (PEFT_TYPE_TO_CONFIG_MAPPING["MOLEX"], PEFT_TYPE_TO_TUNER_MAPPING["MOLEX"]) == entries
     assert PEFT_TYPE_TO_PREFIX_MAPPING["MOLEX"] == "molex_"
     cfg = MolexConfig()
     assert cfg.peft_type is MolexPeftType.MOLEX
     assert (cfg.alpha, cfg.top_k, cfg.layers_pattern, cfg.router_temperature) == (0.95, 1, None, 1.0)
     assert (cfg.task_type, cfg.modules_to_save) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import moc_cli.baselines",  # peft is first imported by the package's own import
+        "from moc_cli.baselines import MolexConfig",
+        "import moc_cli; import peft",
+    ],
+)
+def test_molex_is_registered_by_the_import_alone(imports: str) -> None:
+    code = f"{imports}\nfrom peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as m\nprint(m['MOLEX'].__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "MolexConfig\n"
 
 
 @pytest.mark.parametrize(

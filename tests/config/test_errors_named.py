@@ -44,12 +44,12 @@ def recipe(bert6: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """`moc train` must stop in pre-flight: loading the model fails the test."""
-    from moc_cli.training import model_factory
+    from moc_cli import models
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded although pre-flight should have refused the run")
 
-    monkeypatch.setattr(model_factory, "build_model_and_tokenizer", refuse)
+    monkeypatch.setattr(models, "build_model_and_tokenizer", refuse)
 
 
 def one_error(line: str) -> str:
@@ -173,11 +173,10 @@ def test_a_cached_hub_model_passes_offline(recipe: Path, hub_cache: Path) -> Non
 
 def test_loading_a_missing_model_outside_preflight_is_named_at_once(tmp_path: Path) -> None:
     # moc eval / merge-export / predict rebuild the base from a run's config without pre-flight.
+    from moc_cli.models import ModelSetupError, build_model_and_tokenizer
     from moc_cli.tasks.registry import get_task
-    from moc_cli.training.errors import RunSetupError
-    from moc_cli.training.model_factory import build_model_and_tokenizer
 
-    with pytest.raises(RunSetupError) as caught:
+    with pytest.raises(ModelSetupError) as caught:
         build_model_and_tokenizer({"name_or_path": "models/nope"}, get_task("glue/sst2"))
     assert caught.value.issues[0].path == "model.name_or_path"
     assert "model 'models/nope' is neither a local folder" in caught.value.message
@@ -229,13 +228,12 @@ def pickled_bert(bert6: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_allow_pickle_advice_works(pickled_bert: Path) -> None:
+    from moc_cli.models import ModelSetupError, build_model_and_tokenizer
     from moc_cli.tasks.registry import get_task
-    from moc_cli.training.errors import RunSetupError
-    from moc_cli.training.model_factory import build_model_and_tokenizer
 
     cfg, _ = load_run_config(None, None, [f"model.name_or_path={pickled_bert}", "task.name=glue/sst2"])
     assert cfg.model.allow_pickle is False
-    with pytest.raises(RunSetupError) as caught:
+    with pytest.raises(ModelSetupError) as caught:
         build_model_and_tokenizer(cfg.model, get_task("glue/sst2"))
     assert str(caught.value.issues[0]) == (
         f"model.allow_pickle: {pickled_bert} has no safetensors weights, only pickle files (pytorch_model.bin), "

@@ -65,20 +65,6 @@ def _register_test_tasks() -> dict[str, Any]:
     return _TEST_TASKS
 
 
-def moc_available() -> bool:
-    try:
-        import moc_cli  # noqa: F401
-        from moc_cli.tuner import MocConfig  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def requires_moc(method: str) -> None:
-    if method in ("moc", "control") and not moc_available():
-        pytest.skip("the MoC tuner (moc_cli.tuner.MocConfig) is not available in this checkout")
-
-
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT saved with the packaged MiniLM tokenizer."""
@@ -135,13 +121,10 @@ def make_run(
     weight_scale: float = 0.2,
 ) -> Run:
     """Build the model exactly as the runner does, give the adapter non-trivial weights, save the run."""
-    from moc_cli.export.build import register_methods
+    from moc_cli.models import build_model, build_tokenizer
     from moc_cli.training.methods import apply_method
-    from moc_cli.training.model_factory import build_model, build_tokenizer
 
-    requires_moc(method)
     tasks = _register_test_tasks()
-    register_methods()
     task = tasks[TASK_BY_KIND[kind]]
     section = dict(method_section or METHOD_SECTIONS[method])
     model_cfg = {"name_or_path": name_or_path or str(base_dir), "dtype": dtype}
@@ -190,7 +173,7 @@ def encode(tokenizer: Any, texts: list[str] = SAMPLE_TEXTS) -> dict[str, torch.T
 
 @pytest.fixture
 def cli():
-    """Invoke the `moc` app (the config engineer's Typer app, which registers our commands)."""
+    """Invoke the `moc` app."""
     from typer.testing import CliRunner
 
     from moc_cli.cli.app import app

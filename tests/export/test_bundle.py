@@ -82,7 +82,9 @@ def test_bundle_layout_and_model_card(tmp_path: Path, tiny_bert_dir: Path) -> No
     assert "arXiv:2606.31397" in card
     assert "moc_cli.load_exported(" in card
     trainable = sum(p.numel() for p in run.peft_model.parameters() if p.requires_grad)
-    assert f"Trainable parameters saved with the adapter: {trainable:,}" in card
+    assert f"- **Trainable parameters saved with the adapter:** {trainable:,}\n" in card
+    assert f"- **Run:** `{run.root.resolve()}`\n" in card
+    assert "Export format: **bundle**. " in card
 
 
 def test_sharded_bundle_writes_index_and_round_trips(tmp_path: Path, tiny_bert_dir: Path) -> None:

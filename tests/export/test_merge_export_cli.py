@@ -40,23 +40,33 @@ def test_foldable_methods_merge_into_a_plain_transformers_checkpoint(
 def test_merged_is_refused_for_moc_with_the_reason(
     tmp_path: Path, tiny_bert_dir: Path, cli, method: str
 ) -> None:
+    from moc_cli.model_card import merge_refusal
+
     run = make_run(tmp_path / "run", tiny_bert_dir, method)
     result = cli("merge-export", run.root, "--format", "merged")
     assert result.exit_code == 2
-    assert "routing is input-dependent" in result.stderr
+    assert result.stderr == f"error: {merge_refusal(method)}\n"
     assert "parallel to non-linear sub-blocks" in result.stderr
+    assert ("routing is input-dependent" in result.stderr) == (method == "moc")
     assert "--format bundle" in result.stderr and "--format onnx" in result.stderr
     assert not (run.root / "export").exists()
+    # A bare adapter folder: the method is read from adapter_config.json.
+    bare = tmp_path / "bare"
+    (run.root / "adapter").rename(bare)
+    result = cli("merge-export", bare, "--format", "merged")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {merge_refusal(method)}\n"
 
 
 def test_molex_merge_is_refused_and_bundle_round_trips(tmp_path: Path, tiny_bert_dir: Path, cli) -> None:
     import moc_cli
+    from moc_cli.model_card import merge_refusal
 
     run = make_run(tmp_path / "run", tiny_bert_dir, "molex")
     refused = cli("merge-export", run.root, "--format", "merged")
     assert refused.exit_code == 2
+    assert refused.stderr == f"error: {merge_refusal('molex')}\n"
     assert "MoLEx mixes whole pretrained layers per input" in refused.stderr
-    assert "--format bundle" in refused.stderr
     result = cli("merge-export", run.root)
     assert result.exit_code == 0, result.stderr
     model = moc_cli.load_exported(run.root / "export" / "bundle")
@@ -131,9 +141,11 @@ def test_pickle_adapter_is_refused_unless_allowed(tmp_path: Path, tiny_bert_dir:
     assert (run.root / "adapter" / "adapter_model.bin").is_file()
     refused = cli("merge-export", run.root, "--format", "bundle")
     assert refused.exit_code == 2
-    assert "refusing to read pickle weight files" in refused.stderr
-    assert "adapter_model.bin" in refused.stderr
-    assert "--allow-pickle" in refused.stderr
+    assert refused.stderr == (
+        f"error: {(run.root / 'adapter').resolve()} has no safetensors weights, only pickle files "
+        "(adapter_model.bin), which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) "
+        "writes model.safetensors), or pass --allow-pickle if you trust them\n"
+    )
     assert not (run.root / "export").exists()
 
     allowed = cli("merge-export", run.root, "--format", "bundle", "--allow-pickle")
@@ -203,7 +215,7 @@ def test_full_fine_tuning_exports_merged_bundle_and_onnx(tmp_path: Path, tiny_be
         assert torch.equal(bundle(**batch).logits, expected)
     card = (run.root / "export" / "bundle" / "README.md").read_text()
     total = sum(p.numel() for p in run.peft_model.parameters())
-    assert f"Trainable parameters saved with the adapter: {total:,}" in card
+    assert f"- **Trainable parameters saved with the adapter:** {total:,}\n" in card
 
     assert cli("merge-export", run.root, "--format", "onnx").exit_code == 0
     session = ort.InferenceSession(str(run.root / "export" / "onnx" / "model.onnx"))

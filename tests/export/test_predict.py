@@ -128,7 +128,11 @@ def test_predict_on_a_run_with_pickle_adapter_needs_allow_pickle(
     run = make_run(tmp_path / "run", tiny_bert_dir, "lora", safe_serialization=False)
     refused = cli("predict", run.root, "dull.")
     assert refused.exit_code == 2
-    assert "refusing to read pickle weight files" in refused.stderr and "--allow-pickle" in refused.stderr
+    assert refused.stderr == (
+        f"error: {(run.root / 'adapter').resolve()} has no safetensors weights, only pickle files "
+        "(adapter_model.bin), which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) "
+        "writes model.safetensors), or pass --allow-pickle if you trust them\n"
+    )
     allowed = cli("predict", run.root, "dull.", "--allow-pickle")
     assert allowed.exit_code == 0, allowed.stderr
     assert [_rounded(json.loads(allowed.stdout))] == _reference(run, ["dull."])

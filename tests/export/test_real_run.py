@@ -77,7 +77,7 @@ def test_real_run_bundle_matches_peft_reload_and_predicts_sst2_labels(trained_ru
         assert torch.equal(model(**batch).logits, expected)
 
     card = (bundle / "README.md").read_text()
-    assert "Recipe: task `glue/sst2`, method `moc`" in card
+    assert "- **Method:** `moc`\n" in card and "- **Task:** `glue/sst2`\n" in card
 
     predicted = cli("predict", trained_run / "export" / "bundle", *SAMPLE_TEXTS)
     assert predicted.exit_code == 0, predicted.stderr

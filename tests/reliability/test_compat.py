@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from reliability_helpers import tiny_bert_config
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
-from moc_cli.reliability.compat import AdapterMismatchError, check_adapter_compatible, load_adapter_checked
+from moc_cli.reliability.compat import AdapterMismatchError, check_adapter_compatible
 
 LORA = {"task_type": "SEQ_CLS", "r": 4, "target_modules": ["query", "value"]}
 
@@ -53,7 +53,7 @@ def test_wrong_hidden_size_names_both_bases(tmp_path) -> None:
     wrong = _load(base64)
     before = _snapshot(wrong)
     with pytest.raises(AdapterMismatchError) as err:
-        load_adapter_checked(wrong, adapter)
+        check_adapter_compatible(adapter, wrong)
     assert str(err.value) == (
         f"Adapter {adapter} was trained on '{base32}' (model_type=bert, hidden_size=32) and does not fit the "
         f"base model '{base64}' (model_type=bert, hidden_size=64): hidden_size 32 != 64. Load it onto the base "
@@ -122,7 +122,9 @@ def test_matching_base_loads_with_identical_logits(tmp_path) -> None:
     peft_model.eval()
     inputs = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     expected = peft_model(**inputs).logits
-    reloaded = load_adapter_checked(_load(base32), tmp_path / "adapter").eval()
+    base = _load(base32)
+    check_adapter_compatible(tmp_path / "adapter", base)
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     assert torch.equal(reloaded(**inputs).logits, expected)
 
 

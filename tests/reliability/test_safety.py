@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from reliability_helpers import tiny_classifier
 from transformers import AutoModelForSequenceClassification
 
 from moc_cli.reliability.safety import (
+    PICKLE_SUFFIXES,
     UnsafeWeightsError,
     check_weights_safe,
     find_unsafe_calls,
     from_pretrained_kwargs,
     pickle_weight_files,
+    pickle_weights_to_load,
     resolve_trust_remote_code,
-    safe_load_yaml,
 )
 
 PACKAGE = Path(__file__).resolve().parents[2] / "moc_cli"
@@ -26,15 +26,31 @@ PACKAGE = Path(__file__).resolve().parents[2] / "moc_cli"
 
 def test_pickle_weights_refused_with_file_and_flag(tmp_path) -> None:
     model = tiny_classifier()
-    model.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(UnsafeWeightsError) as err:
         check_weights_safe(tmp_path)
     assert str(err.value) == (
-        f"{tmp_path / 'pytorch_model.bin'}: pickle weight files can run arbitrary code when loaded and are refused "
-        "by default. Convert them to safetensors (model.save_pretrained(dir) writes model.safetensors), or pass "
-        "--allow-pickle if you trust the file."
+        f"{tmp_path} has no safetensors weights, only pickle files (pytorch_model.bin), which can run "
+        "arbitrary code when loaded; convert them (model.save_pretrained(dir) writes model.safetensors), or "
+        "pass --allow-pickle if you trust them"
     )
+    with pytest.raises(UnsafeWeightsError) as err:
+        check_weights_safe(tmp_path, opt_in="set model.allow_pickle=true")
+    assert str(err.value).endswith(", or set model.allow_pickle=true if you trust them")
+
+
+def test_pickles_beside_safetensors_are_never_read(tmp_path) -> None:
+    model = tiny_classifier()
+    model.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    assert pickle_weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
+    assert pickle_weights_to_load(tmp_path) == []
+    check_weights_safe(tmp_path)  # transformers and peft load the safetensors file
+
+
+def test_one_list_of_pickle_suffixes() -> None:
+    assert PICKLE_SUFFIXES == (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def test_allow_pickle_warns(tmp_path, caplog) -> None:
@@ -66,15 +82,6 @@ def test_from_pretrained_kwargs_enforce_safetensors(tmp_path) -> None:
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(OSError, match="model.safetensors"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path, **from_pretrained_kwargs())
-
-
-def test_safe_load_yaml_rejects_python_tags(tmp_path) -> None:
-    assert safe_load_yaml("a: 1\nb: [x, y]\n") == {"a": 1, "b": ["x", "y"]}
-    (tmp_path / "c.yaml").write_text("seed: 3\n")
-    assert safe_load_yaml(tmp_path / "c.yaml") == {"seed": 3}
-    assert safe_load_yaml(str(tmp_path / "c.yaml")) == {"seed": 3}
-    with pytest.raises(yaml.constructor.ConstructorError):
-        safe_load_yaml("x: !!python/object/apply:os.system ['true']\n")
 
 
 def test_scanner_finds_unsafe_calls(tmp_path) -> None:

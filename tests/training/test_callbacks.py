@@ -1,9 +1,8 @@
-"""Callbacks in isolation: metrics.jsonl, routing summaries, progress lines, Ctrl-C flags, plots, card."""
+"""Callbacks in isolation: metrics.jsonl, routing summaries, progress lines, Ctrl-C flags, plots."""
 
 from __future__ import annotations
 
 import io
-import json
 import signal
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,6 @@ from moc_cli.training.callbacks import (
     summarize_routing,
     truncate_metrics,
 )
-from moc_cli.training.model_card import render_model_card
 from moc_cli.training.plots import plot_curves, plot_routing
 from moc_cli.training.summary import format_summary, stable_metrics
 
@@ -227,29 +225,3 @@ def test_summary_table() -> None:
         "peak memory       3.0 MiB (peak RSS)",
         "run dir           runs/x",
     ]
-
-
-def test_model_card() -> None:
-    card = render_model_card(
-        base_model="/models/roberta-base",
-        method="moc",
-        recipe="glue/sst2",
-        task="glue/sst2",
-        dataset="nyu-mll/glue (sst2)",
-        metrics={"eval_accuracy": 0.9, "eval_loss": 0.25},
-        trainable_params=300,
-        total_params=100000,
-        versions={"peft": "0.21.2", "torch": None},
-        auto_class="AutoModelForSequenceClassification",
-    )
-    front = card.split("---")[1]
-    assert (
-        "library_name: peft" in front and "base_model: /models/roberta-base" in front and "  - moc" in front
-    )
-    assert "- **Trainable parameters:** 300 of 100,000 (0.300 %)" in card
-    assert "| eval_accuracy | 0.9000 |" in card
-    assert "import moc_cli  # registers the MoC tuner with peft" in card
-    assert 'AutoModelForSequenceClassification.from_pretrained("/models/roberta-base")' in card
-    assert "- peft 0.21.2" in card and "torch" not in card.split("## Framework versions")[1].split("##")[0]
-    assert "arXiv:2606.31397" in card
-    json.dumps(card)  # plain text

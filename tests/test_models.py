@@ -1,4 +1,4 @@
-"""build_model / build_tokenizer: head per task kind, labels, dtype, pad token, safetensors only."""
+"""moc_cli.models: head per task kind, labels, dtype, pad token, safetensors only."""
 
 from __future__ import annotations
 
@@ -13,14 +13,21 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from moc_cli.tasks.registry import get_task
-from moc_cli.training.errors import RunSetupError
-from moc_cli.training.model_factory import (
+from moc_cli.models import (
+    AUTO_CLASS_BY_KIND,
+    ModelSetupError,
+    auto_class_name,
     build_model,
     build_model_and_tokenizer,
     build_tokenizer,
     resolve_dtype,
 )
+from moc_cli.tasks.registry import get_task
+from tests.training import conftest as training_fixtures
+
+# The tiny models of the training tests (a BERT with a real WordPiece tokenizer; a Llama without pad token).
+tiny_bert = training_fixtures.tiny_bert
+tiny_llama = training_fixtures.tiny_llama
 
 
 def test_sequence_classification_with_label_names(tiny_bert: Path) -> None:
@@ -50,7 +57,7 @@ def test_dtype_is_applied_and_validated(tiny_bert: Path) -> None:
     model = build_model(str(tiny_bert), get_task("glue/sst2"), {"dtype": "bfloat16"}, tokenizer)
     assert model.dtype == torch.bfloat16
     assert resolve_dtype("auto") == "auto" and resolve_dtype(None) is None
-    with pytest.raises(RunSetupError, match="model.dtype='float8' is not a known dtype"):
+    with pytest.raises(ModelSetupError, match="model.dtype='float8' is not a known dtype"):
         resolve_dtype("float8")
 
 
@@ -76,10 +83,39 @@ def test_pickled_weights_are_refused(tiny_bert: Path, tmp_path: Path) -> None:
     model.config.save_pretrained(pickled)
     torch.save(model.state_dict(), pickled / "pytorch_model.bin")
     tokenizer = build_tokenizer(str(tiny_bert), {})
-    with pytest.raises(RunSetupError, match=f"{pickled} has no safetensors weights"):
+    with pytest.raises(ModelSetupError) as caught:
         build_model(str(pickled), get_task("glue/sst2"), {}, tokenizer)
+    assert str(caught.value.issues[0]) == (
+        f"model.allow_pickle: {pickled} has no safetensors weights, only pickle files (pytorch_model.bin), "
+        "which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) writes "
+        "model.safetensors), or set model.allow_pickle=true if you trust them"
+    )
 
 
 def test_missing_model_name_is_reported() -> None:
-    with pytest.raises(RunSetupError, match="model.name_or_path is not set"):
+    with pytest.raises(ModelSetupError, match="model.name_or_path is not set"):
         build_model_and_tokenizer({}, get_task("glue/sst2"))
+
+
+def test_the_typed_model_section_is_read_like_a_mapping(tiny_bert: Path) -> None:
+    from moc_cli.config import ModelSection
+
+    section = ModelSection(name_or_path=str(tiny_bert), dtype="bfloat16")
+    model, _, source = build_model_and_tokenizer(section, get_task("glue/sst2"))
+    assert source == str(tiny_bert)
+    assert model.dtype == torch.bfloat16
+
+
+def test_one_auto_class_per_task_kind() -> None:
+    assert dict(AUTO_CLASS_BY_KIND) == {
+        "seq_cls": "AutoModelForSequenceClassification",
+        "regression": "AutoModelForSequenceClassification",
+        "multiple_choice": "AutoModelForMultipleChoice",
+        "causal_lm": "AutoModelForCausalLM",
+    }
+    assert auto_class_name("causal_lm") == "AutoModelForCausalLM"
+    with pytest.raises(ModelSetupError) as caught:
+        auto_class_name("token_cls")
+    assert caught.value.message == (
+        "task kind 'token_cls' has no model head; known kinds: seq_cls, regression, multiple_choice, causal_lm"
+    )

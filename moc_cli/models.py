@@ -1,9 +1,12 @@
-"""Tokenizer and base model for a task kind, loaded offline-safe and from safetensors by default.
+"""Tokenizer and base model for a task kind: what training, evaluation and export all build.
 
 The loading policy (safetensors unless `model.allow_pickle`, remote code only when asked for) is
 `moc_cli.reliability.safety`'s. A model that is neither local, cached nor on a reachable Hub fails
 at once with its name (`moc_cli.config.preflight.model_source_problem`), and transformers' LOAD
 REPORT about the task head starting from random values, which every run expects, is not printed.
+
+The `model:` section is read from the typed `moc_cli.config.ModelSection` or from a plain mapping
+with the same keys (an export rebuilds it from a run's saved config.yaml).
 """
 
 from __future__ import annotations
@@ -11,21 +14,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training._sections import as_dict
-from moc_cli.training.errors import RunSetupError
+from moc_cli.config import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from moc_cli.config import ModelSection
     from moc_cli.tasks.base import Task
 
+    ModelSettings = ModelSection | Mapping[str, Any]
+
+# The transformers auto class that gives each task kind its head.
+AUTO_CLASS_BY_KIND: Mapping[str, str] = {
+    "seq_cls": "AutoModelForSequenceClassification",
+    "regression": "AutoModelForSequenceClassification",
+    "multiple_choice": "AutoModelForMultipleChoice",
+    "causal_lm": "AutoModelForCausalLM",
+}
+# Modules of a task head; a new head starts from random values by design.
+HEAD_MODULE_NAMES = ("pre_classifier", "classifier", "score")
 # The config key that allows pickle weights, named in the errors that refuse them.
-ALLOW_PICKLE_KEY = "model.allow_pickle=true"
+ALLOW_PICKLE_KEY = "model.allow_pickle"
 
 _DTYPES = {
     "float32": "float32",
@@ -38,6 +51,24 @@ _DTYPES = {
 }
 
 
+class ModelSetupError(ConfigError):
+    """The base model or its tokenizer cannot be built as configured; the message names the key and
+    the fix. A ConfigError, so the CLI reports it like any config problem (exit code 2)."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        self.message = message
+        super().__init__(ConfigIssue(key, message))
+
+
+def _setting(model_cfg: ModelSettings | None, key: str) -> Any:
+    """One key of the `model:` section (None when absent)."""
+    if model_cfg is None:
+        return None
+    if isinstance(model_cfg, Mapping):
+        return model_cfg.get(key)
+    return getattr(model_cfg, key, None)
+
+
 def resolve_dtype(name: str | None) -> torch.dtype | str | None:
     """`model.dtype` as a torch dtype; `None` keeps transformers' default, `"auto"` the checkpoint's."""
     import torch
@@ -46,7 +77,7 @@ def resolve_dtype(name: str | None) -> torch.dtype | str | None:
         return name
     key = _DTYPES.get(str(name).lower())
     if key is None:
-        raise RunSetupError(
+        raise ModelSetupError(
             f"model.dtype={name!r} is not a known dtype; use one of auto, float32, bfloat16, float16"
         )
     return getattr(torch, key)
@@ -55,7 +86,7 @@ def resolve_dtype(name: str | None) -> torch.dtype | str | None:
 def resolve_source(name_or_path: str) -> str:
     """A local folder or Hub id for `from_pretrained` (pkg:// URIs and GGUF files are converted).
 
-    A Hub id that is neither cached nor reachable raises RunSetupError naming it, in a few seconds
+    A Hub id that is neither cached nor reachable raises ModelSetupError naming it, in a few seconds
     at most (transformers would retry for about a minute, then not say which model it wanted).
     """
     from moc_cli.assets import resolve_model_source
@@ -64,38 +95,44 @@ def resolve_source(name_or_path: str) -> str:
     if not name_or_path.lower().endswith(".gguf"):
         problem = model_source_problem(name_or_path)
         if problem is not None:
-            raise RunSetupError(problem, key="model.name_or_path")
+            raise ModelSetupError(problem, key="model.name_or_path")
     return resolve_model_source(name_or_path)
 
 
-def build_tokenizer(source: str, model_cfg: Any) -> PreTrainedTokenizerBase:
+def build_tokenizer(source: str, model_cfg: ModelSettings | None) -> PreTrainedTokenizerBase:
     """The tokenizer, with a pad token guaranteed (decoder models often ship without one)."""
     from transformers import AutoTokenizer
 
-    cfg = as_dict(model_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(cfg.get("trust_remote_code")))
+    from moc_cli.reliability.safety import resolve_trust_remote_code
+
+    trust = resolve_trust_remote_code(_setting(model_cfg, "trust_remote_code"))
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
     if tokenizer.pad_token is None:
         # Batched classification/LM training needs padding; the EOS (or UNK) token is the standard stand-in.
         fallback = tokenizer.eos_token or tokenizer.unk_token
         if fallback is None:
-            raise RunSetupError(
+            raise ModelSetupError(
                 f"the tokenizer of {source} has no pad, eos or unk token; add a pad token to the tokenizer"
             )
         tokenizer.pad_token = fallback
     return tokenizer
 
 
+def auto_class_name(kind: str) -> str:
+    """Name of the transformers auto class giving the head that task kind `kind` needs."""
+    try:
+        return AUTO_CLASS_BY_KIND[kind]
+    except KeyError:
+        raise ModelSetupError(
+            f"task kind {kind!r} has no model head; known kinds: {', '.join(AUTO_CLASS_BY_KIND)}"
+        ) from None
+
+
 def auto_model_class(task: Task) -> Any:
     """The transformers auto class giving the head the task kind needs."""
     import transformers
 
-    if task.kind in ("seq_cls", "regression"):
-        return transformers.AutoModelForSequenceClassification
-    if task.kind == "multiple_choice":
-        return transformers.AutoModelForMultipleChoice
-    if task.kind == "causal_lm":
-        return transformers.AutoModelForCausalLM
-    raise RunSetupError(f"task {task.name} has unknown kind {task.kind!r}")
+    return getattr(transformers, auto_class_name(task.kind))
 
 
 def head_config_kwargs(task: Task) -> dict[str, Any]:
@@ -111,18 +148,22 @@ def head_config_kwargs(task: Task) -> dict[str, Any]:
     return kwargs
 
 
-def model_kwargs(model_cfg: Any) -> dict[str, Any]:
+def _dtype_and_attention(model_cfg: ModelSettings | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    dtype = resolve_dtype(_setting(model_cfg, "dtype"))
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if _setting(model_cfg, "attn_implementation"):
+        kwargs["attn_implementation"] = _setting(model_cfg, "attn_implementation")
+    return kwargs
+
+
+def model_kwargs(model_cfg: ModelSettings | None) -> dict[str, Any]:
     """`trust_remote_code`, `dtype` and `attn_implementation` from the `model:` section."""
     from moc_cli.reliability.safety import resolve_trust_remote_code
 
-    cfg = as_dict(model_cfg)
-    kwargs: dict[str, Any] = {"trust_remote_code": resolve_trust_remote_code(cfg.get("trust_remote_code"))}
-    dtype = resolve_dtype(cfg.get("dtype"))
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if cfg.get("attn_implementation"):
-        kwargs["attn_implementation"] = cfg["attn_implementation"]
-    return kwargs
+    trust = resolve_trust_remote_code(_setting(model_cfg, "trust_remote_code"))
+    return {"trust_remote_code": trust, **_dtype_and_attention(model_cfg)}
 
 
 class _DropLoadReport(logging.Filter):
@@ -145,49 +186,36 @@ def _without_load_report() -> Iterator[None]:
 
 def base_weights_missing(missing_keys: list[str]) -> list[str]:
     """Missing weights other than the task head's (a new head starts from random values by design)."""
-    from moc_cli.training.methods import HEAD_MODULE_NAMES
-
     return [key for key in missing_keys if key.split(".", 1)[0] not in HEAD_MODULE_NAMES]
 
 
 def build_model(
-    source: str, task: Task, model_cfg: Any, tokenizer: PreTrainedTokenizerBase
+    source: str, task: Task, model_cfg: ModelSettings | None, tokenizer: PreTrainedTokenizerBase
 ) -> PreTrainedModel:
     """The base model with the head the task kind needs (sequence classification, multiple choice, LM)."""
-    from moc_cli.reliability.safety import from_pretrained_kwargs, pickle_weight_files
+    from moc_cli.reliability.safety import UnsafeWeightsError, check_weights_safe, from_pretrained_kwargs
 
-    cfg = as_dict(model_cfg)
-    allow_pickle = bool(cfg.get("allow_pickle"))
-    local = Path(source)
-    if not allow_pickle and local.is_dir() and not any(local.glob("*.safetensors")):
-        pickles = pickle_weight_files(local)
-        if pickles:
-            raise RunSetupError(
-                f"{source} has no safetensors weights, only pickle files ({', '.join(p.name for p in pickles)}), "
-                "which can run arbitrary code when loaded; convert them (model.save_pretrained(dir) writes "
-                f"model.safetensors), or set {ALLOW_PICKLE_KEY} if you trust them",
-                key="model.allow_pickle",
-            )
+    allow_pickle = bool(_setting(model_cfg, "allow_pickle"))
+    opt_in = f"set {ALLOW_PICKLE_KEY}=true"
+    try:
+        check_weights_safe(source, allow_pickle=allow_pickle, opt_in=opt_in)
+    except UnsafeWeightsError as err:
+        raise ModelSetupError(str(err), key=ALLOW_PICKLE_KEY) from None
     kwargs: dict[str, Any] = {
-        **model_kwargs(cfg),
+        **from_pretrained_kwargs(_setting(model_cfg, "trust_remote_code"), allow_pickle=allow_pickle),
+        **_dtype_and_attention(model_cfg),
         **head_config_kwargs(task),
-        # Pickled .bin weights can execute code on load: safetensors only unless explicitly allowed
-        # (allowing them still prefers safetensors when both are present).
-        **{
-            k: v
-            for k, v in from_pretrained_kwargs(allow_pickle=allow_pickle).items()
-            if k != "trust_remote_code"
-        },
     }
     try:
         with _without_load_report():
             model, info = auto_model_class(task).from_pretrained(source, output_loading_info=True, **kwargs)
     except OSError as exc:
         if "safetensors" in str(exc) and kwargs.get("use_safetensors"):
-            raise RunSetupError(
-                f"{source} has no safetensors weights; convert it, or set {ALLOW_PICKLE_KEY} "
+            # A Hub id (local folders were checked above) that publishes pickle weights only.
+            raise ModelSetupError(
+                f"{source} has no safetensors weights; convert it, or {opt_in} "
                 "if you trust the pickled .bin file",
-                key="model.allow_pickle",
+                key=ALLOW_PICKLE_KEY,
             ) from exc
         raise
     missing = base_weights_missing(list(info.get("missing_keys") or []))
@@ -206,16 +234,15 @@ def build_model(
 
 
 def build_model_and_tokenizer(
-    model_cfg: Any, task: Task
+    model_cfg: ModelSettings, task: Task
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """(model, tokenizer, resolved source) for `model_cfg.name_or_path`."""
-    cfg = as_dict(model_cfg)
-    name = cfg.get("name_or_path")
+    name = _setting(model_cfg, "name_or_path")
     if not name:
-        raise RunSetupError(
+        raise ModelSetupError(
             "model.name_or_path is not set; pass e.g. model.name_or_path=FacebookAI/roberta-base"
         )
     source = resolve_source(str(name))
-    tokenizer = build_tokenizer(source, cfg)
-    model = build_model(source, task, cfg, tokenizer)
+    tokenizer = build_tokenizer(source, model_cfg)
+    model = build_model(source, task, model_cfg, tokenizer)
     return model, tokenizer, source
