@@ -16,7 +16,9 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from moc_cli._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -86,11 +88,7 @@ if "peft" in sys.modules:
     _import_tuner_packages()
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'moc_cli' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["MocConfig", "MocModel", "__version__", "load_exported", "register_moc"]

@@ -29,6 +29,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def temp_dir_beside(final: Path) -> Path:
+    """A fresh hidden work directory in `final`'s parent (same file system, so `os.replace` is atomic);
+    `remove_stale_partials(final)` deletes what a killed writer left of it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}{PARTIAL_TAG}", dir=final.parent))
+
+
 def remove_stale_partials(target: Path) -> None:
     """Delete what killed `atomic_directory(target)` writers left (a crash can only leave these hidden dirs)."""
     if target.parent.is_dir():
@@ -39,8 +46,7 @@ def remove_stale_partials(target: Path) -> None:
 @contextmanager
 def atomic_directory(target: Path) -> Iterator[Path]:
     """Yield an empty work dir beside `target`; on success it replaces `target`, on error it is deleted."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}{PARTIAL_TAG}", dir=target.parent))
+    work = temp_dir_beside(target)
     try:
         yield work
     except BaseException:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.config import ConfigError, ConfigIssue
+from moc_cli.config import SetupError
 
 if TYPE_CHECKING:
     import torch
@@ -51,13 +51,8 @@ _DTYPES = {
 }
 
 
-class ModelSetupError(ConfigError):
-    """The base model or its tokenizer cannot be built as configured; the message names the key and
-    the fix. A ConfigError, so the CLI reports it like any config problem (exit code 2)."""
-
-    def __init__(self, message: str, key: str = "") -> None:
-        self.message = message
-        super().__init__(ConfigIssue(key, message))
+class ModelSetupError(SetupError):
+    """The base model or its tokenizer cannot be built as configured; exit code 2."""
 
 
 def _setting(model_cfg: ModelSettings | None, key: str) -> Any:

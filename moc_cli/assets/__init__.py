@@ -4,8 +4,7 @@ Importing this package is cheap: torch/transformers are imported only when a GGU
 and `datasets` only by `moc_cli.assets.datasets`.
 """
 
-from typing import Any
-
+from moc_cli._lazy import lazy_exports
 from moc_cli.assets.catalog import KNOWN_ASSETS, install_command
 from moc_cli.assets.errors import AssetError, AssetNotInstalledError, AssetPathError
 from moc_cli.assets.pkg_uri import is_pkg_uri, package_dir, parse_pkg_uri, resolve_pkg_uri
@@ -29,9 +28,4 @@ __all__ = [  # noqa: F822 (rotten_tomatoes_splits is resolved lazily by __getatt
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'moc_cli.assets' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

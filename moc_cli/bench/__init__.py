@@ -14,8 +14,9 @@ the names exported here. Submodules load on first use, so `import moc_cli.bench`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from moc_cli._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from moc_cli.bench.accuracy import run_accuracy_benchmark
@@ -137,7 +138,4 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'moc_cli.bench' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -1,9 +1,12 @@
 """Plain tables of what a benchmark measured, written by `moc bench` into its --output-dir.
 
-- efficiency: `efficiency.md` and `efficiency.csv`, every stored run with its figures and their
+- efficiency: `EFFICIENCY_MD` and `EFFICIENCY_CSV`, every stored run with its figures and their
   ratios to Control (`with_ratios`);
-- accuracy: `accuracy.md` (the mean over seeds per task, method and rate, then every cell) and
-  `accuracy.csv` (one row per cell, the same file the study report writes).
+- accuracy: `ACCURACY_MD` (the mean over seeds per task, method and rate, then every cell) and
+  `ACCURACY_CSV` (one row per cell, in the format of the study report's CSV).
+
+Their names differ from the study report's, which `benchmarks/` writes into the same folder
+(`benchmarks/results` by default), so a `moc bench` run never overwrites that report.
 
 Nothing here judges the numbers: the study reports (significance, the sweep's choice, ablations,
 targets, charts, README tables) are built from the same stored results by the scripts in
@@ -22,10 +25,10 @@ from typing import Any
 from moc_cli.bench.methods import REFERENCE_METHOD, SAME_SITE_CONTROL
 from moc_cli.bench.timing import paired_time_ratio
 
-EFFICIENCY_MD = "efficiency.md"
-EFFICIENCY_CSV = "efficiency.csv"
-ACCURACY_MD = "accuracy.md"
-ACCURACY_CSV = "accuracy.csv"
+# File stems of the plain tables (each written as .md and .csv).
+EFFICIENCY_TABLE, ACCURACY_TABLE = "efficiency_table", "accuracy_table"
+EFFICIENCY_MD, EFFICIENCY_CSV = f"{EFFICIENCY_TABLE}.md", f"{EFFICIENCY_TABLE}.csv"
+ACCURACY_MD, ACCURACY_CSV = f"{ACCURACY_TABLE}.md", f"{ACCURACY_TABLE}.csv"
 MIB = 2**20
 
 
@@ -117,7 +120,7 @@ def efficiency_tables_markdown(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def write_efficiency_tables(runs: list[dict[str, Any]], output_dir: Path) -> Path:
-    """`efficiency.md` and `efficiency.csv` in `output_dir`; returns the Markdown file."""
+    """`EFFICIENCY_MD` and `EFFICIENCY_CSV` in `output_dir`; returns the Markdown file."""
     output_dir = Path(output_dir)
     md = output_dir / EFFICIENCY_MD
     md.write_text(efficiency_tables_markdown(runs), encoding="utf-8")
@@ -209,7 +212,7 @@ def accuracy_tables_markdown(records: Sequence[dict[str, Any]]) -> str:
 
 
 def write_accuracy_tables(records: list[dict[str, Any]], output_dir: Path) -> Path:
-    """`accuracy.md` and `accuracy.csv` in `output_dir`; returns the Markdown file."""
+    """`ACCURACY_MD` and `ACCURACY_CSV` in `output_dir`; returns the Markdown file."""
     output_dir = Path(output_dir)
     md = output_dir / ACCURACY_MD
     md.write_text(accuracy_tables_markdown(records), encoding="utf-8")

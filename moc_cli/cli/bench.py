@@ -104,9 +104,10 @@ def bench(
 ) -> None:
     """Run a benchmark, store its results and write plain tables of them into --output-dir.
 
-    efficiency: results merge into efficiency.json; efficiency.md and efficiency.csv list every stored
+    efficiency: results merge into efficiency.json; efficiency_table (.md, .csv) lists every stored
     run's figures and their ratios to Control. accuracy: cells are appended to accuracy.jsonl;
-    accuracy.md and accuracy.csv list every stored cell and the mean over seeds.
+    accuracy_table (.md, .csv) lists every stored cell and the mean over seeds. The study report's
+    files in the same folder are left as they are.
 
     The study reports built from the same files (targets, chart, paired differences with intervals,
     the sweep, ablations, README tables) are written by the scripts in benchmarks/, e.g.

@@ -7,10 +7,10 @@ that validate or describe a run config import peft on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from moc_cli.config.errors import ConfigError, ConfigIssue
+from moc_cli._lazy import lazy_exports
+from moc_cli.config.errors import ConfigError, ConfigIssue, SetupError
 from moc_cli.config.resources import find_recipe, list_recipes, recipe_description, resource_dir
 
 if TYPE_CHECKING:
@@ -45,15 +45,13 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'moc_cli.config' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "METHOD_MODELS",
     "ConfigError",
+    "SetupError",
     "ConfigIssue",
     "DataSection",
     "ModelSection",

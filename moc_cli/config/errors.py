@@ -49,3 +49,13 @@ class ConfigError(ValueError):
         n = len(self.issues)
         head = f"invalid config ({n} error{'s' if n != 1 else ''}):"
         return "\n".join([head, *(f"  - {issue}" for issue in self.issues)])
+
+
+class SetupError(ConfigError):
+    """One problem found while setting something up as configured (a model, a run): `message` names
+    the key or path and the fix. A ConfigError, so the CLI reports it like any config problem
+    (exit code 2)."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        self.message = message
+        super().__init__(ConfigIssue(key, message))

@@ -23,8 +23,8 @@ from moc_cli.config.layering import (
     set_path,
     source_of,
 )
-from moc_cli.config.resources import defaults_file, find_recipe
 from moc_cli.config.method_fields import METHOD_MODELS
+from moc_cli.config.resources import defaults_file, find_recipe
 from moc_cli.config.schema import RunConfig
 from moc_cli.config.schema_info import is_known_path, suggest_key
 

@@ -96,4 +96,4 @@ METHOD_MODELS: dict[str, type[Section]] = {name: _section_model(m) for name, m i
 
 def method_union() -> Any:
     """The `method` field's type: the section models, told apart by `name`."""
-    return typing.Annotated[typing.Union[tuple(METHOD_MODELS.values())], Field(discriminator="name")]
+    return typing.Annotated[typing.Union[tuple(METHOD_MODELS.values())], Field(discriminator="name")]  # noqa: UP007 (a runtime tuple of types)

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from moc_cli._lazy import lazy_exports
+
 _LAZY = {"NonFiniteLossError": "moc_cli.reliability.nan_guard"}
 
 __all__ = ["NonFiniteLossError", "default_callbacks"]  # noqa: F822 (resolved lazily by __getattr__)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'moc_cli.reliability' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 def default_callbacks() -> list[Any]:

@@ -5,7 +5,9 @@ Heavy modules load on first use, so `import moc_cli.training` stays cheap for th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from moc_cli._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from moc_cli.models import build_model_and_tokenizer
@@ -33,9 +35,4 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'moc_cli.training' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

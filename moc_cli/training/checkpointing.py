@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moc_cli.training.run_dir import replace_dir, temp_dir_beside
+from moc_cli.atomic_dir import replace_dir, temp_dir_beside
 
 if TYPE_CHECKING:
     from transformers import Trainer

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from moc_cli.config import ConfigError, ConfigIssue
+from moc_cli.config import SetupError
 
 
-class RunSetupError(ConfigError):
-    """A run cannot start as configured; the message names the key or path and the fix.
-
-    A ConfigError, so the CLI reports it like any config problem (exit code 2).
-    """
-
-    def __init__(self, message: str, key: str = "") -> None:
-        self.message = message
-        super().__init__(ConfigIssue(key, message))
+class RunSetupError(SetupError):
+    """A run cannot start as configured (its folder, resume, data, method); exit code 2."""
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -12,14 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.methods import UnknownMethodError, get_method
+from moc_cli.models import HEAD_MODULE_NAMES
 from moc_cli.training.errors import RunSetupError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from torch import nn
-
-# Heads that are newly initialised for a task and must train and be saved with the adapter.
-HEAD_MODULE_NAMES = ("pre_classifier", "classifier", "score")
 
 # peft's task type per task kind; multiple choice has none, so its head is listed explicitly.
 _TASK_TYPES = {

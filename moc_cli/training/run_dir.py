@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from moc_cli.atomic_dir import replace_dir as replace_dir  # the run's folders are swapped in with it
 from moc_cli.environment import cuda_devices, git_sha, versions
 from moc_cli.training.errors import RunSetupError
 
@@ -281,12 +280,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def temp_dir_beside(final: Path) -> Path:
-    """A fresh temporary directory in `final`'s parent (same filesystem, so `os.replace` is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
 
 
 def environment_record(seed: int | None, provenance: dict[str, str] | None) -> dict[str, Any]:

@@ -6,9 +6,9 @@ writers and taps), `model` (MocModel, the tuner, and the routing-statistics func
 (the per-model `ControlContext`: routing, balance loss, statistics) and `functional` (the fused
 sparse / dense expert mixture and its `KernelPolicy`). The method: docs/moc-method.md.
 
-`register_moc()` (run when this package is imported, which `import moc_cli` arranges) registers MoC with peft through its own `str` Enum
-`MocPeftType` and the three peft mapping dicts (no enum internals), idempotently. Every process
-that loads a saved MoC adapter must `import moc_cli` first.
+`register_moc()` registers MoC with peft through its own `str` Enum `MocPeftType` and the three
+peft mapping dicts (no enum internals), idempotently. `moc_cli`'s import hook calls it once this
+package has been imported; every process that loads a saved MoC adapter must `import moc_cli` first.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ def register_moc() -> None:
     PEFT_TYPE_TO_CONFIG_MAPPING[MocPeftType.MOC] = MocConfig
     PEFT_TYPE_TO_TUNER_MAPPING[MocPeftType.MOC] = MocModel
 
-
-register_moc()
 
 __all__ = [
     "ARCHITECTURES",

@@ -51,15 +51,19 @@ def test_efficiency_stores_the_run_and_writes_plain_tables(tiny_bert_dir: Path, 
     args = ["bench", "efficiency", "--model", str(tiny_bert_dir), "--method", "moc-ffn", "--batch-size", "2",
             "--seq-len", "8", "--steps", "1", "--warmup", "0", "--rounds", "1", "--threads", "1", "--no-rss",
             "--output-dir", str(tmp_path)]  # fmt: skip
+    study_report = tmp_path / "efficiency.md"  # what benchmarks/efficiency.py wrote there before
+    study_report.write_text("# the study report\n")
     result = CliRunner().invoke(app, args, env=ENV)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == f"wrote {tmp_path / 'efficiency.md'}"
+    assert result.stdout.splitlines()[-1] == f"wrote {tmp_path / 'efficiency_table.md'}"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
-        "efficiency.csv",
         "efficiency.json",
         "efficiency.md",
+        "efficiency_table.csv",
+        "efficiency_table.md",
     ]  # the study's chart and targets come from benchmarks/efficiency.py
-    text = (tmp_path / "efficiency.md").read_text()
+    assert study_report.read_text() == "# the study report\n"  # never overwritten by moc bench
+    text = (tmp_path / "efficiency_table.md").read_text()
     assert text.startswith("# Efficiency measurements\n") and "| `moc-ffn` |" in text
     # the command as recorded (under CliRunner there is no `moc bench ...` in sys.argv to copy)
     assert "- command: `moc bench efficiency`\n" in text

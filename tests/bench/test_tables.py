@@ -17,7 +17,7 @@ def test_accuracy_tables_list_every_cell_and_the_mean_over_seeds(tmp_path: Path)
     smoke = {**record("control", "glue/rte", 0, 1e-3, 0.5), "max_steps": 8}
     smoke["key"] += "|cap=8"
     md = write_accuracy_tables([smoke, *cells], tmp_path)
-    assert md == tmp_path / "accuracy.md"
+    assert md == tmp_path / "accuracy_table.md"
     lines = md.read_text().splitlines()
     assert lines[0] == "# Accuracy cells"
     # mean ± std over the two seeds that trained; the diverged one is counted apart
@@ -28,7 +28,7 @@ def test_accuracy_tables_list_every_cell_and_the_mean_over_seeds(tmp_path: Path)
         f"| glue/rte | moc | 0.001 | 2 | accuracy | diverged | 10 | 60 | cuda (NVIDIA H200) | `{key}` |"
         in lines
     )
-    csv_lines = (tmp_path / "accuracy.csv").read_text().splitlines()
+    csv_lines = (tmp_path / "accuracy_table.csv").read_text().splitlines()
     assert csv_lines[0].startswith(
         "key,task,label,seed,learning_rate,precision,model_tag,max_steps,metric,value"
     )

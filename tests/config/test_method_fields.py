@@ -87,7 +87,9 @@ def _load_error(tmp_path: Path, *overrides: str) -> str:
     return caught.value.format()
 
 
-def test_a_value_the_dataclass_refuses_is_reported_at_its_key_with_the_dataclass_message(tmp_path: Path) -> None:
+def test_a_value_the_dataclass_refuses_is_reported_at_its_key_with_the_dataclass_message(
+    tmp_path: Path,
+) -> None:
     text = _load_error(tmp_path, "method.r=0")
     assert "method.r" in text
     assert "MocConfig.r=0 is invalid; allowed: an integer >= 1." in text

@@ -136,7 +136,7 @@ def tiny_llama(device: torch.device, seed: int = 0, dtype: torch.dtype = torch.f
 def moc_llama(device: torch.device, dtype: torch.dtype = torch.float32, **config: object) -> torch.nn.Module:
     model = get_peft_model(tiny_llama(device, dtype=dtype), MocConfig(r=8, task_type="CAUSAL_LM", **config))
     with torch.no_grad():  # B starts at zero: make the controls (and so routing) matter
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
     return model

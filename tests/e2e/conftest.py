@@ -26,5 +26,3 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def wider_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Hidden size 48: a base that the adapters trained on `tiny_bert` do not fit."""
     return _save_tiny_bert(tmp_path_factory.mktemp("wider-bert"), 48)
-
-

@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from moc_cli.config import RunConfig, load_run_config
+from moc_cli.profiling import saved_tensor_bytes
 from moc_cli.testing import save_tiny_model
 from moc_cli.training.memory_estimate import estimate_memory, optimizer_state_bytes
 from moc_cli.training.methods import apply_method
-from moc_cli.profiling import saved_tensor_bytes
 
 BATCH, LENGTH = 4, 16
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from moc_cli.atomic_dir import replace_dir, temp_dir_beside
 from moc_cli.training.checkpointing import config_drift
 from moc_cli.training.errors import RunSetupError
-from moc_cli.training.run_dir import RunDir, check_run_dir, clear_run_dir, replace_dir, temp_dir_beside
+from moc_cli.training.run_dir import RunDir, check_run_dir, clear_run_dir
 from moc_cli.training.run_root import resume_checkpoint
 
 
@@ -90,7 +91,7 @@ def test_replace_dir_swaps_complete_directories(tmp_path: Path) -> None:
     final.mkdir()
     (final / "old").write_text("old")
     tmp = temp_dir_beside(final)
-    assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.tmp-")
+    assert tmp.parent == tmp_path and tmp.name.startswith(".adapter.partial-")
     (tmp / "new").write_text("new")
     replace_dir(tmp, final)
     assert sorted(p.name for p in final.iterdir()) == ["new"]

@@ -250,8 +250,8 @@ def test_eval_rejects_splits_without_data(reference_run: dict) -> None:
 
 
 def test_resume_refuses_frozen_changes_and_applies_cadence(reference_run: dict) -> None:
-    from moc_cli.training.run_dir import RunDir
     from moc_cli.config import RunConfig
+    from moc_cli.training.run_dir import RunDir
     from moc_cli.training.run_root import check_resume_config
 
     run = RunDir(reference_run["run"])
@@ -291,8 +291,8 @@ def test_classification_loss_does_not_grow_with_gradient_accumulation(
         {},
         None,
     )
-    (step, loss_whole), = losses(whole)
-    (_, loss_split), = losses(split)
+    ((step, loss_whole),) = losses(whole)
+    ((_, loss_split),) = losses(split)
     assert step == 1
     assert loss_split == pytest.approx(loss_whole, rel=0.02)
 
