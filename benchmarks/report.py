@@ -37,7 +37,7 @@ from moc_cli.bench import (
     select_learning_rates,
     sweep_cells,
     with_ratios,
-    write_accuracy_csv,
+    write_accuracy_files,
 )
 from moc_cli.methods import get_method
 
@@ -1007,11 +1007,7 @@ def accuracy_markdown(records: list[dict[str, Any]]) -> str:
 
 def write_accuracy_report(records: list[dict[str, Any]], output_dir: Path) -> Path:
     """`accuracy.md` and `accuracy.csv` in `output_dir`, from the stored cells."""
-    output_dir = Path(output_dir)
-    md = output_dir / ACCURACY_MD
-    md.write_text(accuracy_markdown(records), encoding="utf-8")
-    write_accuracy_csv(records, output_dir / ACCURACY_CSV)
-    return md
+    return write_accuracy_files(records, output_dir, accuracy_markdown(records), ACCURACY_MD, ACCURACY_CSV)
 
 
 def accuracy_readme_block(records: list[dict[str, Any]]) -> str:

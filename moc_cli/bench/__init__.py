@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from moc_cli.bench.tables import (
         with_ratios,
         write_accuracy_csv,
+        write_accuracy_files,
         write_accuracy_tables,
         write_efficiency_tables,
     )
@@ -74,7 +75,13 @@ _LAZY = {
         "moc_cli.bench.methods",
     ),
     **dict.fromkeys(
-        ("with_ratios", "write_accuracy_csv", "write_accuracy_tables", "write_efficiency_tables"),
+        (
+            "with_ratios",
+            "write_accuracy_csv",
+            "write_accuracy_files",
+            "write_accuracy_tables",
+            "write_efficiency_tables",
+        ),
         "moc_cli.bench.tables",
     ),
     **dict.fromkeys(
@@ -133,6 +140,7 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "sweep_cells",
     "with_ratios",
     "write_accuracy_csv",
+    "write_accuracy_files",
     "write_accuracy_tables",
     "write_efficiency_tables",
 ]

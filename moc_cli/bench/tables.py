@@ -211,10 +211,19 @@ def accuracy_tables_markdown(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def write_accuracy_files(
+    records: Sequence[dict[str, Any]], output_dir: Path, markdown: str, md_name: str, csv_name: str
+) -> Path:
+    """`markdown` as `md_name` and the per-cell CSV as `csv_name` in `output_dir` (the plain tables
+    and the study report share the CSV format); returns the Markdown file."""
+    md = Path(output_dir) / md_name
+    md.write_text(markdown, encoding="utf-8")
+    write_accuracy_csv(records, Path(output_dir) / csv_name)
+    return md
+
+
 def write_accuracy_tables(records: list[dict[str, Any]], output_dir: Path) -> Path:
     """`ACCURACY_MD` and `ACCURACY_CSV` in `output_dir`; returns the Markdown file."""
-    output_dir = Path(output_dir)
-    md = output_dir / ACCURACY_MD
-    md.write_text(accuracy_tables_markdown(records), encoding="utf-8")
-    write_accuracy_csv(records, output_dir / ACCURACY_CSV)
-    return md
+    return write_accuracy_files(
+        records, output_dir, accuracy_tables_markdown(records), ACCURACY_MD, ACCURACY_CSV
+    )
