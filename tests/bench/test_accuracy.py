@@ -238,7 +238,7 @@ def test_sweep_then_main_in_one_command_and_finished_cells_are_skipped(
         "glue/rte: majority class 'not_entailment' scores accuracy 0.7500 on 4 validation rows; "
         "8 cell(s) to run, 96 steps" in logged
     )
-    assert report.name == "accuracy.md" and (study_env["out"] / "accuracy.csv").is_file()
+    assert report.name == "accuracy_table.md" and (study_env["out"] / "accuracy_table.csv").is_file()
 
     calls.write_text("")
     bench(study_env, grids=["sweep", "main"], methods=["moc", "control"])
@@ -455,7 +455,7 @@ def test_dry_run_lists_a_grid_and_its_steps_even_before_the_sweep(study_env: dic
     # per method and seed: 6 + 8 + 12 + 4 + 80 + 40 + 40 + 4 steps over the 8 tasks; 24 methods x seeds
     assert "192 cells requested, 0 already finished, 192 to run (4,656 training steps) on cpu" in logged
     assert "  glue/cola|moc|seed=0|lr=0.0003|ep=3|n=all|bs=32|len=128|fp32|bert-L2-d32" in logged
-    assert not (study_env["out"] / RESULTS_JSONL).exists() and not (study_env["out"] / "accuracy.md").exists()
+    assert sorted(p.name for p in study_env["out"].iterdir()) == []  # no store, no tables
 
 
 def test_device_cuda_without_a_gpu_names_the_fix(study_env: dict) -> None:

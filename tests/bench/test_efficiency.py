@@ -299,7 +299,7 @@ def test_by_default_the_plain_tables_of_every_stored_run_are_written(
         [str(tiny_bert_dir)], ["moc-ffn"], 2, [8], 1, 0, 1, 1, False, tmp_path, "moc bench efficiency --t",
         log=lambda _m: None,
     )  # fmt: skip
-    assert md == tmp_path / "efficiency.md" and not (tmp_path / "efficiency.png").exists()
+    assert md == tmp_path / "efficiency_table.md" and not (tmp_path / "efficiency.png").exists()
     text = md.read_text()
     assert text.startswith("# Efficiency measurements\n")
     assert "`python benchmarks/efficiency.py --report-only --output-dir DIR`" in text
@@ -312,6 +312,6 @@ def test_by_default_the_plain_tables_of_every_stored_run_are_written(
         f"| {moc['saved_vs_control']:.3f} | – | – | {moc['median_step_s']:.3f} | {moc['time_vs_control']:.3f} "
         f"| control | {moc['saved_vs_same_site']:.3f} | {moc['time_vs_same_site']:.3f} |"
     ) in text
-    lines = (tmp_path / "efficiency.csv").read_text().splitlines()
+    lines = (tmp_path / "efficiency_table.csv").read_text().splitlines()
     assert lines[0].startswith("model,model_type,batch_size,seq_len,steps,rounds,device,date_utc,method,")
     assert [line.split(",")[8] for line in lines[1:]] == ["control", "moc-ffn"]
