@@ -6,12 +6,28 @@ from pathlib import Path
 
 import pytest
 
-from moc_cli.atomic_dir import atomic_directory, remove_stale_partials, replace_dir
-from moc_cli.training import run_dir
+from moc_cli.atomic_dir import atomic_directory, remove_stale_partials, replace_dir, temp_dir_beside
+
+PACKAGE = Path(__file__).resolve().parents[2] / "moc_cli"
 
 
 def test_training_swaps_its_folders_with_the_same_function() -> None:
-    assert run_dir.replace_dir is replace_dir
+    from moc_cli.training import checkpointing, finish
+
+    assert checkpointing.replace_dir is replace_dir and finish.replace_dir is replace_dir
+    assert checkpointing.temp_dir_beside is temp_dir_beside
+    # no second implementation anywhere in the package
+    defined = [
+        f"{path.relative_to(PACKAGE)}: {name}"
+        for path in PACKAGE.rglob("*.py")
+        for name in ("replace_dir", "temp_dir_beside", "atomic_directory")
+        if f"def {name}(" in path.read_text(encoding="utf-8")
+    ]
+    assert sorted(defined) == [
+        "atomic_dir.py: atomic_directory",
+        "atomic_dir.py: replace_dir",
+        "atomic_dir.py: temp_dir_beside",
+    ]
 
 
 def test_a_completed_work_dir_replaces_the_target_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
