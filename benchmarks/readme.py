@@ -14,11 +14,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import MIB, _fmt, _loaded, accuracy_readme_block
+from benchmarks.report import _loaded, accuracy_readme_block
 from moc_cli.bench import (
+    MIB,
     RESULTS_JSON,
     RESULTS_JSONL,
     SAME_SITE_CONTROL,
+    format_or_dash,
     load_finished,
     load_runs,
     paired_time_ratio,
@@ -80,9 +82,9 @@ def efficiency_block(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {label} | {r['trainable_params']:,} | {r['saved_bytes'] / MIB:.1f} MiB "
             f"| {_ratio(r['saved_bytes'], ref['saved_bytes'])} "
-            f"| {_fmt(r['peak_bytes'] / MIB if r['peak_bytes'] else None, '.0f')} MiB "
+            f"| {format_or_dash(r['peak_bytes'] / MIB if r['peak_bytes'] else None, '.0f')} MiB "
             f"| {_ratio(r['peak_bytes'], ref['peak_bytes'])} "
-            f"| {_fmt(r['median_step_s'], '.2f')} s | {_fmt(paired_time_ratio(r, ref, run['rounds']), '.2f')} |"
+            f"| {format_or_dash(r['median_step_s'], '.2f')} s | {format_or_dash(paired_time_ratio(r, ref, run['rounds']), '.2f')} |"
         )
     if timed and _loaded(run):
         lines += [

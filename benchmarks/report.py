@@ -28,11 +28,13 @@ from moc_cli.bench import (
     MAIN_SEEDS,
     METHOD_DESCRIPTIONS,
     METHODS,
+    MIB,
     SWEEP_RATES,
     SWEEP_SEED,
     SWEEP_TASKS,
     TASKS,
     Context,
+    format_or_dash,
     make_cell,
     select_learning_rates,
     sweep_cells,
@@ -41,15 +43,10 @@ from moc_cli.bench import (
 )
 from moc_cli.methods import get_method
 
-MIB = 2**20
 EFFICIENCY_MD = "efficiency.md"
 EFFICIENCY_PNG = "efficiency.png"
 ACCURACY_MD = "accuracy.md"
 ACCURACY_CSV = "accuracy.csv"
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
 
 
 def _mib(value: float | None) -> str:
@@ -176,10 +173,10 @@ def efficiency_markdown(runs: list[dict[str, Any]]) -> str:
         ]
         for r in rows:
             out.append(
-                f"| `{r['method']}` | {r['trainable_params']:,} | {_fmt(r['params_vs_control'], '.3f')} "
-                f"| {_mib(r['saved_bytes'])} | {_fmt(r['saved_vs_control'], '.3f')} "
-                f"| {_mib(r['peak_bytes'])} | {_fmt(r['peak_vs_control'], '.3f')} "
-                f"| {_fmt(r['median_step_s'], '.3f')} | {_fmt(r['time_vs_control'], '.3f')} |"
+                f"| `{r['method']}` | {r['trainable_params']:,} | {format_or_dash(r['params_vs_control'], '.3f')} "
+                f"| {_mib(r['saved_bytes'])} | {format_or_dash(r['saved_vs_control'], '.3f')} "
+                f"| {_mib(r['peak_bytes'])} | {format_or_dash(r['peak_vs_control'], '.3f')} "
+                f"| {format_or_dash(r['median_step_s'], '.3f')} | {format_or_dash(r['time_vs_control'], '.3f')} |"
             )
         targets = _targets(rows, loaded=_loaded(run) and run["steps"] > 0)
         if targets:

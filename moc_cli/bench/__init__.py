@@ -49,6 +49,8 @@ if TYPE_CHECKING:
         sweep_cells,
     )
     from moc_cli.bench.tables import (
+        MIB,
+        format_or_dash,
         with_ratios,
         write_accuracy_csv,
         write_accuracy_files,
@@ -76,6 +78,8 @@ _LAZY = {
     ),
     **dict.fromkeys(
         (
+            "MIB",
+            "format_or_dash",
             "with_ratios",
             "write_accuracy_csv",
             "write_accuracy_files",
@@ -118,6 +122,7 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "MAIN_SEEDS",
     "METHODS",
     "METHOD_DESCRIPTIONS",
+    "MIB",
     "METHOD_NAMES",
     "REFERENCE_METHOD",
     "RESULTS_JSON",
@@ -127,6 +132,7 @@ __all__ = [  # noqa: F822 (resolved lazily by __getattr__)
     "SWEEP_SEED",
     "SWEEP_TASKS",
     "TASKS",
+    "format_or_dash",
     "load_finished",
     "load_runner",
     "load_runs",

@@ -61,7 +61,8 @@ def with_ratios(run: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _num(value: float | None, spec: str) -> str:
+def format_or_dash(value: float | None, spec: str) -> str:
+    """`value` formatted with `spec`, or a dash for a figure that was not measured."""
     return "–" if value is None else format(value, spec)
 
 
@@ -111,10 +112,10 @@ def efficiency_tables_markdown(runs: Sequence[dict[str, Any]]) -> str:
             peak = r["peak_bytes"] / MIB if r["peak_bytes"] is not None else None
             out.append(
                 f"| `{r['method']}` | {r['trainable_params']:,} | {r['saved_bytes'] / MIB:.1f} "
-                f"| {_num(r['saved_vs_control'], '.3f')} | {_num(peak, '.1f')} "
-                f"| {_num(r['peak_vs_control'], '.3f')} | {_num(r['median_step_s'], '.3f')} "
-                f"| {_num(r['time_vs_control'], '.3f')} | {r['same_site_control'] or '–'} "
-                f"| {_num(r['saved_vs_same_site'], '.3f')} | {_num(r['time_vs_same_site'], '.3f')} |"
+                f"| {format_or_dash(r['saved_vs_control'], '.3f')} | {format_or_dash(peak, '.1f')} "
+                f"| {format_or_dash(r['peak_vs_control'], '.3f')} | {format_or_dash(r['median_step_s'], '.3f')} "
+                f"| {format_or_dash(r['time_vs_control'], '.3f')} | {r['same_site_control'] or '–'} "
+                f"| {format_or_dash(r['saved_vs_same_site'], '.3f')} | {format_or_dash(r['time_vs_same_site'], '.3f')} |"
             )
     return "\n".join(out) + "\n"
 
@@ -191,7 +192,7 @@ def accuracy_tables_markdown(records: Sequence[dict[str, Any]]) -> str:
         majority = (first.get("majority") or {}).get("value")
         out.append(
             f"| {first['task']} | {first['label']} | {first['learning_rate']:g} | {first.get('metric', '–')} "
-            f"| {_num(None if majority is None else 100 * majority, '.1f')} | {mean} | {len(members)} "
+            f"| {format_or_dash(None if majority is None else 100 * majority, '.1f')} | {mean} | {len(members)} "
             f"| {len(members) - len(values)} | {first.get('max_steps') or '–'} |"
         )
     out += [
