@@ -13,6 +13,7 @@ without `weights_only=True`, and no literal `trust_remote_code=True` (it must co
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import os
 from pathlib import Path
@@ -83,11 +84,17 @@ def check_weights_safe(
 
 
 def resolve_trust_remote_code(value: bool | None) -> bool:
-    """True only for an explicit `True`; warns when remote code is enabled."""
+    """True only for an explicit `True`; warns (once per process) when remote code is enabled."""
     if value is True:
-        logger.warning("trust_remote_code is on: Python code shipped with the model will be executed.")
+        _announce_remote_code()
         return True
     return False
+
+
+@functools.cache
+def _announce_remote_code() -> None:
+    # One build resolves the setting for its tokenizer and again for its model.
+    logger.warning("trust_remote_code is on: Python code shipped with the model will be executed.")
 
 
 def from_pretrained_kwargs(

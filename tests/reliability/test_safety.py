@@ -111,3 +111,16 @@ def test_scanner_finds_unsafe_calls(tmp_path) -> None:
 def test_package_has_no_unsafe_deserialisation() -> None:
     """yaml.safe_load only, torch.load(weights_only=True) only, no pickle, no hard-wired remote code."""
     assert find_unsafe_calls(PACKAGE) == []
+
+
+def test_remote_code_is_announced_once_per_process(caplog) -> None:
+    """The tokenizer and the model of one build both resolve the setting: one warning, not two."""
+    from moc_cli.reliability import safety
+
+    safety._announce_remote_code.cache_clear()
+    with caplog.at_level("WARNING", logger="moc_cli.reliability.safety"):
+        assert resolve_trust_remote_code(True) is True
+        assert from_pretrained_kwargs(trust_remote_code=True)["trust_remote_code"] is True
+    assert [r.getMessage() for r in caplog.records] == [
+        "trust_remote_code is on: Python code shipped with the model will be executed."
+    ]
