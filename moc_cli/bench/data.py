@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from moc_cli.bench.errors import AccuracyError
-from moc_cli.bench.records import file_lock
+from moc_cli.bench.locks import file_lock
 from moc_cli.bench.study import Cell
 from moc_cli.bench.workload import MINILM_URI
 

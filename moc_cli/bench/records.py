@@ -34,23 +34,6 @@ def load_finished(store: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive OS lock held while the block runs (no-op without fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: run one process at a time there
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def append_record(store: Path, record: Mapping[str, Any]) -> None:
     """Append one JSON line under an exclusive lock on the file itself (several workers append);
     a truncated last line (an interrupted write) is first closed off."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from moc_cli.bench.errors import EfficiencyError
+from moc_cli.bench.locks import file_lock
 
 RESULTS_JSON = "efficiency.json"
 
@@ -48,10 +49,7 @@ def stored_run(store: Path, model: str, batch_size: int, seq_len: int, flag: str
 
 def store_run(store: Path, run: dict[str, Any]) -> None:
     """Merge `run` into the store under an exclusive lock (several benchmark processes may share it)."""
-    import fcntl
-
-    with (store.parent / (store.name + ".lock")).open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(store.parent / (store.name + ".lock")):
         merged = merge_runs(load_runs(store), [run])
         tmp = store.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"runs": merged}, indent=1) + "\n")
