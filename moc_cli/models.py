@@ -35,6 +35,18 @@ AUTO_CLASS_BY_KIND: Mapping[str, str] = {
     "multiple_choice": "AutoModelForMultipleChoice",
     "causal_lm": "AutoModelForCausalLM",
 }
+# peft's task type per task kind; multiple choice has none (its head goes in modules_to_save).
+PEFT_TASK_TYPE_BY_KIND: Mapping[str, str | None] = {
+    "seq_cls": "SEQ_CLS",
+    "regression": "SEQ_CLS",
+    "causal_lm": "CAUSAL_LM",
+    "multiple_choice": None,
+}
+# The kind an adapter's recorded task type stands for when no task names it: the first kind listed
+# for it above (SEQ_CLS: classification, not regression).
+KIND_BY_PEFT_TASK_TYPE: Mapping[str, str] = {
+    task_type: kind for kind, task_type in reversed(PEFT_TASK_TYPE_BY_KIND.items()) if task_type
+}
 # Modules of a task head; a new head starts from random values by design.
 HEAD_MODULE_NAMES = ("pre_classifier", "classifier", "score")
 # The config key that allows pickle weights, named in the errors that refuse them.

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.export.errors import ExportError
-from moc_cli.export.source import PEFT_TASK_TYPE_TO_KIND, ExportSource
+from moc_cli.export.source import ExportSource
 
 if TYPE_CHECKING:
     from torch import nn
@@ -56,8 +56,10 @@ def task_info(source: ExportSource) -> TaskInfo:
             task = None
         if task is not None:
             return TaskInfo(task.name, task.kind, list(task.label_names or []) or None, task.num_labels)
+    from moc_cli.models import KIND_BY_PEFT_TASK_TYPE
+
     task_type = str(source.adapter_config.get("task_type") or "").upper()
-    kind = PEFT_TASK_TYPE_TO_KIND.get(task_type)
+    kind = KIND_BY_PEFT_TASK_TYPE.get(task_type)
     if kind is None:
         raise ExportError(
             f"cannot tell the task kind: {source.adapter_dir / 'adapter_config.json'} has task_type="

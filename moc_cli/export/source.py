@@ -15,7 +15,6 @@ from moc_cli.export.errors import ExportError
 from moc_cli.methods import method_of_adapter
 
 ADAPTER_SUBDIRS = ("adapter", "final/adapter")
-PEFT_TASK_TYPE_TO_KIND = {"SEQ_CLS": "seq_cls", "CAUSAL_LM": "causal_lm"}
 
 
 @dataclass

@@ -12,20 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from moc_cli.methods import UnknownMethodError, get_method
-from moc_cli.models import HEAD_MODULE_NAMES
+from moc_cli.models import HEAD_MODULE_NAMES, PEFT_TASK_TYPE_BY_KIND
 from moc_cli.training.errors import RunSetupError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from torch import nn
-
-# peft's task type per task kind; multiple choice has none, so its head is listed explicitly.
-_TASK_TYPES = {
-    "seq_cls": "SEQ_CLS",
-    "regression": "SEQ_CLS",
-    "causal_lm": "CAUSAL_LM",
-    "multiple_choice": None,
-}
 
 
 def method_section(method_cfg: BaseModel | Mapping[str, Any]) -> BaseModel:
@@ -69,14 +61,14 @@ def build_peft_config(model: nn.Module, method_cfg: BaseModel | Mapping[str, Any
     """The peft config for the `method` section (None for `full`)."""
     section = method_section(method_cfg)
     method = get_method(section.name)
-    if task_kind not in _TASK_TYPES:
+    if task_kind not in PEFT_TASK_TYPE_BY_KIND:
         raise RunSetupError(f"unknown task kind {task_kind!r}")
     if method.config_class is None:
         return None
     fields = {**section.model_dump(exclude={"name"}), **method.implied}
     config_cls = method.load_config_class()
     accepted = {f.name for f in dataclasses.fields(config_cls)}
-    task_type = _TASK_TYPES[task_kind]
+    task_type = PEFT_TASK_TYPE_BY_KIND[task_kind]
     if "task_type" in accepted:
         fields.setdefault("task_type", task_type)
     if task_type is None and "modules_to_save" in accepted:
